@@ -1,0 +1,212 @@
+"""The rerank scorers (DESIGN.md, "The rerank scorers"): validate once, then run the compiled
+kernels or the numpy reference. Every argument may carry a leading batch axis m (one candidate set
+per query); results are (c,) for one query and (m, c) for a batch.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import backend, reference
+from .validation import (as_float32, check_finite, finite_float, offsets, positive_float,
+                         positive_int, same)
+
+#: Default temperatures and mix weight. Provisional until the quality issue measures them.
+MEMORY_TAU = 0.1
+HIERARCHICAL_TAU = 0.1
+LAMBDA = 1.0
+#: Document tokens per tile in the late-interaction kernel (bounds its memory to t·tile floats).
+BLOCK_TOKENS = 1024
+_BLAS_THREADING_MNK = 65536 * 4
+
+
+class ScoreDetails(NamedTuple):
+    """final = z(dense) + λ·z(similarity), with both ingredients; each (c,) or (m, c)."""
+    final: np.ndarray
+    similarity: np.ndarray
+    dense: np.ndarray
+
+
+def _non_finite(what: str) -> ValueError:
+    return ValueError(f"{what} met NaN or Inf: an input holds non-finite values or overflows float32")
+
+
+def memory_attention(query, candidates, *, heads=1, tau=MEMORY_TAU, alpha=0.0) -> np.ndarray:
+    """score_i = Σ_h softmax_i(q̂_h·k̂_{i,h}/τ)/h over candidates (c, d) for a query (d,);
+    with α ≠ 0 the query is refined once (q' = normalise(q̂ + α·Σ_i score_i·k̂_i)).
+    With heads = 1 and α = 0 the order equals the dense (cosine) order."""
+    cands = as_float32("candidates", candidates, (2, 3))
+    q = as_float32("query", query, (cands.ndim - 1,))
+    d = cands.shape[-1]
+    if q.shape[-1] != d:
+        raise ValueError(f"query has dimension {q.shape[-1]} but candidates have {d}")
+    if cands.ndim == 3 and q.shape[0] != cands.shape[0]:
+        raise ValueError(f"batch sizes differ: query {q.shape}, candidates {cands.shape}")
+    if heads != 1:
+        heads = positive_int("heads", heads)
+        if d % heads:
+            raise ValueError(f"heads ({heads}) must divide the dimension d = {d}")
+    if tau != MEMORY_TAU:
+        tau = positive_float("tau", tau)
+    if alpha != 0.0:
+        alpha = finite_float("alpha", alpha)
+    kernels = backend.compiled_kernels()
+    if kernels is None:
+        check_finite("query", q)
+        check_finite("candidates", cands)
+        if cands.ndim == 2:
+            return reference.memory_attention_scores(q, cands, heads=heads, tau=tau, alpha=alpha)[0]
+        return np.stack([reference.memory_attention_scores(qi, ci, heads=heads, tau=tau,
+                                                           alpha=alpha)[0]
+                         for qi, ci in zip(q, cands)])
+    out = np.empty(cands.shape[:-1], dtype=np.float32)
+    threads = backend.get_num_threads() if cands.ndim == 3 else 1
+    if kernels.memory_scores(q, cands, out, heads, tau, alpha, threads):
+        raise _non_finite("memory-attention")
+    return out
+
+
+def _ragged_batch(name_q, q, name_tok, tokens, name_off, offs, tok_rank):
+    """Flatten (single or batched) query tokens and ragged token matrices into the kernel's form:
+    qtok (Q, d), q_off (m+1,), dtok (D, d), d_off (m, c+1) with global row offsets."""
+    batched = tokens.ndim == tok_rank + 1
+    if batched:
+        m, rows = tokens.shape[0], tokens.shape[1]
+        if q.shape[0] != m:
+            raise ValueError(f"batch sizes differ: {name_q} {q.shape}, {name_tok} {tokens.shape}")
+        offs = offsets(name_off, offs, rows, exact_end=False)
+        if offs.ndim != 2 or offs.shape[0] != m:
+            raise ValueError(f"{name_off} must have shape (m, c+1) = ({m}, c+1) for a batch; "
+                             f"got {offs.shape}")
+        d_off = offs + (np.arange(m, dtype=np.int64) * rows)[:, None]
+        dtok = tokens.reshape(m * rows, tokens.shape[-1])
+    else:
+        offs = offsets(name_off, offs, tokens.shape[0])
+        if offs.ndim != 1:
+            raise ValueError(f"{name_off} must be 1-D (c+1,) for one query; got {offs.shape}")
+        d_off = offs[None, :]
+        dtok = tokens
+    return batched, d_off, dtok
+
+
+def _mixing_inputs(name, dense, shape):
+    if dense is None:
+        return None
+    arr = as_float32(name, dense, (len(shape),))
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}; got {arr.shape}")
+    check_finite(name, arr)
+    return arr
+
+
+def _run_pooling(kernels, qtok, q_off, idf, dtok, d_off, tau, dense, lam):
+    m, c = d_off.shape[0], d_off.shape[1] - 1
+    final = np.empty((m, c), np.float32)
+    sim = np.empty((m, c), np.float32)
+    dense_out = np.empty((m, c), np.float32)
+    threads = min(backend.get_num_threads(), m)
+    t_max = int(np.diff(q_off).max())
+    args = (qtok, q_off, idf, dtok, d_off, -1.0 if tau is None else tau,
+            None if dense is None else dense.reshape(m, c), lam, final, sim, dense_out,
+            threads, BLOCK_TOKENS)
+    if threads > 1 and t_max * BLOCK_TOKENS * dtok.shape[1] > _BLAS_THREADING_MNK:
+        with backend.blas_one_thread:
+            bad = kernels.late_interaction(*args)
+    else:
+        bad = kernels.late_interaction(*args)
+    return bad, final, sim, dense_out
+
+
+def late_interaction(query_tokens, doc_tokens, doc_offsets, *, tau=None, idf=None, dense=None,
+                     lam=LAMBDA, details=False):
+    """Late-interaction rerank: MaxSim_i = Σ_t idf_t·max_j(q̂_t·d̂_ij)/Σ_t idf_t (soft form with τ:
+    Σ_j softmax_j(q̂_t·d̂_ij/τ)·q̂_t·d̂_ij); final_i = z(dense_i) + λ·z(MaxSim_i).
+
+    One query: query_tokens (t, d), doc_tokens (T, d), doc_offsets (c+1,) ending at T, idf (t,),
+    dense (c,). A batch adds a leading m to each (doc_offsets (m, c+1) may end before T: padding).
+    ``dense`` defaults to cos(mean q̂_t, mean d̂_ij). Returns final scores, or ScoreDetails.
+    """
+    qt = as_float32("query_tokens", query_tokens, (2, 3))
+    dt = as_float32("doc_tokens", doc_tokens, (qt.ndim,))
+    same("query_tokens", qt.shape[-1], "doc_tokens", dt.shape[-1], "the last dimension (d)")
+    batched, d_off, dtok = _ragged_batch("query_tokens", qt, "doc_tokens", dt, "doc_offsets",
+                                         doc_offsets, 2)
+    m, c, t = d_off.shape[0], d_off.shape[1] - 1, qt.shape[-2]
+    tau = positive_float("tau", tau, allow_none=True)
+    lam = finite_float("lam", lam)
+    if idf is not None:
+        idf = as_float32("idf", idf, (qt.ndim - 1,))
+        if idf.shape != qt.shape[:-1]:
+            raise ValueError(f"idf must have shape {qt.shape[:-1]} (one weight per query token); "
+                             f"got {idf.shape}")
+        check_finite("idf", idf)
+        if (idf < 0).any() or (idf.reshape(m, t).sum(axis=1) <= 0).any():
+            raise ValueError("idf weights must be ≥ 0 with a positive sum per query")
+    dense = _mixing_inputs("dense", dense, (m, c) if batched else (c,))
+    qtok = qt.reshape(m * t, qt.shape[-1])
+    kernels = backend.compiled_kernels()
+    if kernels is None:
+        check_finite("query_tokens", qt)
+        check_finite("doc_tokens", dt)
+        rows = []
+        for i in range(m):
+            lo = d_off[i, 0]
+            rows.append(reference.late_interaction_scores(
+                qtok[i * t:(i + 1) * t], dtok[lo:d_off[i, -1]], d_off[i] - lo, tau=tau,
+                idf=None if idf is None else idf.reshape(m, t)[i],
+                dense=None if dense is None else dense.reshape(m, c)[i], lam=lam))
+        final, sim, dense_out = (np.stack(x) for x in zip(*rows))
+        bad = not np.isfinite(final).all()
+    else:
+        q_off = np.arange(m + 1, dtype=np.int64) * t
+        bad, final, sim, dense_out = _run_pooling(kernels, qtok, q_off,
+                                                  None if idf is None else idf.reshape(-1),
+                                                  dtok, d_off, tau, dense, lam)
+    if bad:
+        raise _non_finite("late interaction")
+    return _shape_result(final, sim, dense_out, batched, details)
+
+
+def _shape_result(final, sim, dense_out, batched, details):
+    if not batched:
+        final, sim, dense_out = final[0], sim[0], dense_out[0]
+    return ScoreDetails(final, sim, dense_out) if details else final
+
+
+def hierarchical(query, chunks, chunk_offsets, *, tau=HIERARCHICAL_TAU, dense=None, lam=LAMBDA,
+                 details=False):
+    """Hierarchical cross-attention rerank: s_i = Σ_c softmax_c(q̂·ĉ/τ)·(q̂·ĉ) over candidate i's
+    chunks; final_i = z(dense_i) + λ·z(s_i); ``dense`` defaults to cos(q̂, mean ĉ_i).
+
+    One query: query (d,), chunks (C, d), chunk_offsets (c+1,) ending at C, dense (c,); a batch
+    adds a leading m to each (chunk_offsets (m, c+1) may end before C: padding)."""
+    ch = as_float32("chunks", chunks, (2, 3))
+    q = as_float32("query", query, (ch.ndim - 1,))
+    same("query", q.shape[-1], "chunks", ch.shape[-1], "the last dimension (d)")
+    qtok = q.reshape(-1, q.shape[-1])
+    batched, d_off, dtok = _ragged_batch("query", qtok, "chunks", ch, "chunk_offsets",
+                                         chunk_offsets, 2)
+    m, c = d_off.shape[0], d_off.shape[1] - 1
+    tau = positive_float("tau", tau)
+    lam = finite_float("lam", lam)
+    dense = _mixing_inputs("dense", dense, (m, c) if batched else (c,))
+    kernels = backend.compiled_kernels()
+    if kernels is None:
+        check_finite("query", q)
+        check_finite("chunks", ch)
+        rows = []
+        for i in range(m):
+            lo = d_off[i, 0]
+            rows.append(reference.hierarchical_scores(
+                qtok[i], dtok[lo:d_off[i, -1]], d_off[i] - lo, tau=tau,
+                dense=None if dense is None else dense.reshape(m, c)[i], lam=lam)[:3])
+        final, sim, dense_out = (np.stack(x) for x in zip(*rows))
+        bad = not np.isfinite(final).all()
+    else:
+        q_off = np.arange(m + 1, dtype=np.int64)
+        bad, final, sim, dense_out = _run_pooling(kernels, qtok, q_off, None, dtok, d_off, tau,
+                                                  dense, lam)
+    if bad:
+        raise _non_finite("hierarchical cross-attention")
+    return _shape_result(final, sim, dense_out, batched, details)
