@@ -9,13 +9,14 @@ cimport numpy as cnp
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, INFINITY
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm
 
 cnp.import_array()
 
 cdef extern from "_simd.h" nogil:
     float rr_dot(const float *a, const float *b, Py_ssize_t n)
+    float rr_dot_norm(const float *a, const float *b, Py_ssize_t n, float *norm2)
     float rr_sum(const float *x, Py_ssize_t n)
     float rr_max(const float *x, Py_ssize_t n)
     int rr_nonfinite(const float *x, Py_ssize_t n)
@@ -206,14 +207,12 @@ cdef int _memory_one(const float *q, const float *cand, int c, int d, int heads,
     cdef float *inv_k = work + heads * c         # c
     cdef float *qr = inv_k + c                   # d: the (refined) unit query
     cdef const float *row
-    cdef float qn, nrm, mx, total, inv_h = 1.0 / heads
+    cdef float qn, nrm = 0.0, mx, total, inv_h = 1.0 / heads
     qn = sqrt(rr_dot(q, q, d))
+    if not (qn < INFINITY):                      # NaN, or a norm that overflows float32
+        return 1
     for j in range(d):
         qr[j] = q[j] / qn if qn > 0.0 else 0.0
-    for i in range(c):
-        row = cand + <Py_ssize_t>i * d
-        nrm = sqrt(rr_dot(row, row, d))
-        inv_k[i] = 1.0 / nrm if nrm > 0.0 else 0.0
     for rnd in range(rounds):
         if rnd == 1:                             # q' = normalise(q̂ + α Σ_i score_i k̂_i)
             for i in range(c):
@@ -222,8 +221,18 @@ cdef int _memory_one(const float *q, const float *cand, int c, int d, int heads,
             rr_scale(qr, d, 1.0 / qn if qn > 0.0 else 0.0)
         for i in range(c):
             row = cand + <Py_ssize_t>i * d
+            if rnd == 0:                         # head dot products and ‖k_i‖ in one pass
+                nrm = 0.0
+                for h in range(heads):
+                    logits[h * c + i] = rr_dot_norm(qr + h * hd, row + h * hd, hd, &nrm)
+                if not (nrm < INFINITY):
+                    return 1
+                inv_k[i] = 1.0 / sqrt(nrm) if nrm > 0.0 else 0.0
+            else:
+                for h in range(heads):
+                    logits[h * c + i] = rr_dot(qr + h * hd, row + h * hd, hd)
             for h in range(heads):
-                logits[h * c + i] = rr_dot(qr + h * hd, row + h * hd, hd) * (inv_k[i] * inv_tau)
+                logits[h * c + i] *= inv_k[i] * inv_tau
         if rr_nonfinite(logits, heads * c):
             return 1
         memset(out, 0, c * sizeof(float))
@@ -268,6 +277,42 @@ def memory_scores(cnp.ndarray queries, cnp.ndarray candidates, cnp.ndarray out, 
     return bad
 
 
+def memory_scores_one(object query, object candidates, object heads, object tau, object alpha):
+    """Fast path of one validated scoring call: scores (c,) for a float32 C-contiguous query (d,)
+    and candidates (c, d), or None when anything needs the general path (other dtypes, shapes or
+    parameter values: it then validates and raises the precise error). Raises ValueError on
+    non-finite scores."""
+    if not (cnp.PyArray_CheckExact(query) and cnp.PyArray_CheckExact(candidates)):
+        return None
+    cdef cnp.ndarray qa = <cnp.ndarray>query
+    cdef cnp.ndarray ca = <cnp.ndarray>candidates
+    if (cnp.PyArray_TYPE(qa) != cnp.NPY_FLOAT32 or cnp.PyArray_TYPE(ca) != cnp.NPY_FLOAT32
+            or cnp.PyArray_NDIM(qa) != 1 or cnp.PyArray_NDIM(ca) != 2
+            or not cnp.PyArray_IS_C_CONTIGUOUS(qa) or not cnp.PyArray_IS_C_CONTIGUOUS(ca)
+            or type(heads) is not int or type(tau) is not float or type(alpha) is not float):
+        return None
+    cdef Py_ssize_t c = ca.shape[0], d = ca.shape[1]
+    cdef int h = heads
+    cdef float t = tau, a = alpha
+    if (qa.shape[0] != d or c == 0 or d == 0 or h < 1 or d % h != 0 or not (t > 0.0)
+            or t == INFINITY or a != a or a == INFINITY or a == -INFINITY):
+        return None
+    cdef cnp.npy_intp dims[1]
+    dims[0] = c
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT32, 0)
+    cdef float *work
+    cdef int bad
+    with nogil:
+        work = <float *>malloc(((<Py_ssize_t>h + 1) * c + d) * sizeof(float))
+        bad = _memory_one(<const float *>cnp.PyArray_DATA(qa), <const float *>cnp.PyArray_DATA(ca),
+                          <int>c, <int>d, h, 1.0 / t, a, <float *>cnp.PyArray_DATA(out), work)
+        free(work)
+    if bad:
+        raise ValueError("memory-attention met NaN or Inf: an input holds non-finite values or "
+                         "overflows float32")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # late interaction (cross-attention scorer) and hierarchical chunk pooling share one kernel:
 # per query token t and candidate i, pool the similarities q̂_t·d̂_ij over the candidate's tokens j
@@ -301,11 +346,11 @@ cdef void _zmix(const float *dense, const float *sim, float lam, int c, float *o
 
 
 cdef int _late_one(const float *qtok, int t, const float *idf, const float *dtok,
-                   const long long *offs, int c, int d, float tau, int has_dense,
-                   const float *dense_in, float lam, int block_tokens,
-                   float *out_final, float *out_sim, float *out_dense) noexcept nogil:
-    """One query: t tokens against c candidates whose tokens are dtok[offs[i]:offs[i+1]]."""
-    cdef Py_ssize_t first = offs[0], total = offs[c] - offs[0], start, stop, j, jj
+                   const long long *offs, int c0, int c1, int d, float tau, int has_dense,
+                   int block_tokens, float *sim, float *out_dense) noexcept nogil:
+    """One query's t tokens against its candidates c0 … c1−1, whose tokens are
+    dtok[offs[i]:offs[i+1]]: writes the pooled similarity (and the dense score unless given)."""
+    cdef Py_ssize_t first = offs[c0], total = offs[c1] - offs[c0], start, stop, j, jj
     cdef int r, i, cols, cand, bad = 0
     cdef float nrm, wsum = 0.0, val, mx, e, qbar_n
     cdef float *qn = <float *>malloc(<Py_ssize_t>t * d * sizeof(float))
@@ -316,27 +361,30 @@ cdef int _late_one(const float *qtok, int t, const float *idf, const float *dtok
     cdef float *stat = <float *>malloc(<Py_ssize_t>3 * t * sizeof(float))  # max | sum | Σ p·s
     cdef float *p = <float *>malloc(block_tokens * sizeof(float))
     cdef float inv_tau = 1.0 / tau if tau > 0.0 else 0.0
-    cdef float *sim = out_sim
     cdef float *row
     for r in range(t):
         row = <float *>(qtok + <Py_ssize_t>r * d)
         nrm = sqrt(rr_dot(row, row, d))
+        if not (nrm < INFINITY):
+            bad = 1
         for j in range(d):
             qn[<Py_ssize_t>r * d + j] = row[j] / nrm if nrm > 0.0 else 0.0
         rr_axpy(qbar, qn + <Py_ssize_t>r * d, d, 1.0)
         wsum = wsum + (idf[r] if idf != NULL else 1.0)
     qbar_n = sqrt(rr_dot(qbar, qbar, d))
-    cand = 0
+    cand = c0
     for r in range(t):
         stat[r] = -INFINITY
         stat[t + r] = 0.0
         stat[2 * t + r] = 0.0
     start = 0
-    while start < total:
+    while start < total and not bad:
         cols = <int>(total - start) if total - start < block_tokens else block_tokens
         for j in range(cols):
             row = <float *>(dtok + (first + start + j) * d)
             nrm = sqrt(rr_dot(row, row, d))
+            if not (nrm < INFINITY):
+                bad = 1
             inv_dn[j] = 1.0 / nrm if nrm > 0.0 else 0.0
         _gemm_abt(t, cols, d, 1.0, qn, d, dtok + (first + start) * d, d, s, cols)
         if rr_nonfinite(s, <Py_ssize_t>t * cols):
@@ -387,12 +435,6 @@ cdef int _late_one(const float *qtok, int t, const float *idf, const float *dtok
                     memset(dsum, 0, d * sizeof(float))
                 cand = cand + 1
         start = start + cols
-    if not bad:
-        if has_dense:
-            for i in range(c):
-                out_dense[i] = dense_in[i]
-        bad = rr_nonfinite(sim, c)
-        _zmix(out_dense, sim, lam, c, out_final)
     free(qn)
     free(qbar)
     free(dsum)
@@ -404,36 +446,45 @@ cdef int _late_one(const float *qtok, int t, const float *idf, const float *dtok
 
 
 def late_interaction(cnp.ndarray qtok, cnp.ndarray q_off, object idf, cnp.ndarray dtok,
-                     cnp.ndarray d_off, float tau, object dense, float lam,
+                     cnp.ndarray d_off, cnp.ndarray items, float tau, object dense, float lam,
                      cnp.ndarray out_final, cnp.ndarray out_sim, cnp.ndarray out_dense,
                      int num_threads, int block_tokens):
     """Score M queries, each against its own c candidates, by pooled token similarities.
 
     qtok (Q, d) with q_off (M+1,) int64: query m owns qtok[q_off[m]:q_off[m+1]]; idf None or (Q,).
     dtok (D, d) with d_off (M, c+1) int64 (increasing per row): candidate i of query m owns
-    dtok[d_off[m, i]:d_off[m, i+1]]. tau ≤ 0 means max pooling. dense None or (M, c).
-    Writes final, pooled similarity and dense scores (M, c); returns the non-finite count.
+    dtok[d_off[m, i]:d_off[m, i+1]]. items (K, 3) int64 rows (query, c0, c1) cover every
+    candidate once: the units of parallel work. tau ≤ 0 means max pooling. dense None or (M, c).
+    Writes final = z(dense) + lam·z(sim), sim and dense (M, c); returns the non-finite count.
     """
     cdef int M = d_off.shape[0], c = d_off.shape[1] - 1, d = qtok.shape[1]
+    cdef Py_ssize_t K = items.shape[0], it, qi
     cdef const float *qp = <const float *>cnp.PyArray_DATA(qtok)
     cdef const long long *qo = <const long long *>cnp.PyArray_DATA(q_off)
     cdef const float *ip = NULL if idf is None else <const float *>cnp.PyArray_DATA(idf)
     cdef const float *dp = <const float *>cnp.PyArray_DATA(dtok)
     cdef const long long *do = <const long long *>cnp.PyArray_DATA(d_off)
+    cdef const long long *wk = <const long long *>cnp.PyArray_DATA(items)
     cdef int has_dense = dense is not None
     cdef const float *dnp = NULL if dense is None else <const float *>cnp.PyArray_DATA(dense)
     cdef float *fp = <float *>cnp.PyArray_DATA(out_final)
     cdef float *sp = <float *>cnp.PyArray_DATA(out_sim)
     cdef float *ep = <float *>cnp.PyArray_DATA(out_dense)
-    cdef Py_ssize_t qi
-    cdef int bad = 0
-    if num_threads > M:
-        num_threads = M
-    if num_threads < 1:
-        num_threads = 1
-    for qi in prange(M, nogil=True, schedule="dynamic", num_threads=num_threads):
+    cdef int bad = 0, threads = num_threads if num_threads < K else <int>K
+    if threads < 1:
+        threads = 1
+    for it in prange(K, nogil=True, schedule="dynamic", num_threads=threads):
+        qi = wk[3 * it]
         bad += _late_one(qp + qo[qi] * d, <int>(qo[qi + 1] - qo[qi]),
-                         NULL if ip == NULL else ip + qo[qi], dp, do + qi * (c + 1), c, d, tau,
-                         has_dense, NULL if dnp == NULL else dnp + qi * c, lam, block_tokens,
-                         fp + qi * c, sp + qi * c, ep + qi * c)
+                         NULL if ip == NULL else ip + qo[qi], dp, do + qi * (c + 1),
+                         <int>wk[3 * it + 1], <int>wk[3 * it + 2], d, tau, has_dense,
+                         block_tokens, sp + qi * c, ep + qi * c)
+    if bad:
+        return bad
+    with nogil:
+        for qi in range(M):
+            if has_dense:
+                memcpy(ep + qi * c, dnp + qi * c, c * sizeof(float))
+            bad += rr_nonfinite(sp + qi * c, c)
+            _zmix(ep + qi * c, sp + qi * c, lam, c, fp + qi * c)
     return bad

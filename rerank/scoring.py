@@ -36,6 +36,11 @@ def memory_attention(query, candidates, *, heads=1, tau=MEMORY_TAU, alpha=0.0) -
     """score_i = Σ_h softmax_i(q̂_h·k̂_{i,h}/τ)/h over candidates (c, d) for a query (d,);
     with α ≠ 0 the query is refined once (q' = normalise(q̂ + α·Σ_i score_i·k̂_i)).
     With heads = 1 and α = 0 the order equals the dense (cosine) order."""
+    kernels = backend.compiled_kernels()
+    if kernels is not None:  # one float32 query: validated inside the kernel call
+        out = kernels.memory_scores_one(query, candidates, heads, tau, alpha)
+        if out is not None:
+            return out
     cands = as_float32("candidates", candidates, (2, 3))
     q = as_float32("query", query, (cands.ndim - 1,))
     d = cands.shape[-1]
@@ -51,7 +56,6 @@ def memory_attention(query, candidates, *, heads=1, tau=MEMORY_TAU, alpha=0.0) -
         tau = positive_float("tau", tau)
     if alpha != 0.0:
         alpha = finite_float("alpha", alpha)
-    kernels = backend.compiled_kernels()
     if kernels is None:
         check_finite("query", q)
         check_finite("candidates", cands)
@@ -100,14 +104,30 @@ def _mixing_inputs(name, dense, shape):
     return arr
 
 
+def _work_items(d_off: np.ndarray, threads: int) -> np.ndarray:
+    """(query, c0, c1) rows: one per query when queries alone keep the threads busy, else each
+    query's candidates split into parts of about equal token counts."""
+    m, c = d_off.shape[0], d_off.shape[1] - 1
+    parts = 1 if m >= 2 * threads else min(c, -(-2 * threads // m))
+    rows = []
+    for qi in range(m):
+        row = d_off[qi]
+        goals = row[0] + (row[-1] - row[0]) * np.arange(1, parts) / parts
+        cuts = np.unique(np.concatenate([[0], np.searchsorted(row, goals), [c]]))
+        cuts = cuts[(cuts >= 0) & (cuts <= c)]
+        rows.extend((qi, a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a)
+    return np.array(rows, dtype=np.int64)
+
+
 def _run_pooling(kernels, qtok, q_off, idf, dtok, d_off, tau, dense, lam):
     m, c = d_off.shape[0], d_off.shape[1] - 1
     final = np.empty((m, c), np.float32)
     sim = np.empty((m, c), np.float32)
     dense_out = np.empty((m, c), np.float32)
-    threads = min(backend.get_num_threads(), m)
+    threads = backend.get_num_threads()
+    items = _work_items(d_off, threads)
     t_max = int(np.diff(q_off).max())
-    args = (qtok, q_off, idf, dtok, d_off, -1.0 if tau is None else tau,
+    args = (qtok, q_off, idf, dtok, d_off, items, -1.0 if tau is None else tau,
             None if dense is None else dense.reshape(m, c), lam, final, sim, dense_out,
             threads, BLOCK_TOKENS)
     if threads > 1 and t_max * BLOCK_TOKENS * dtok.shape[1] > _BLAS_THREADING_MNK:
