@@ -12,7 +12,8 @@ $(PYTHON):
 # torch first, pinned to the CPU wheel: anything else would pull a multi-GB CUDA build.
 $(STAMP): $(PYTHON) pyproject.toml setup.py
 	$(PYTHON) -m pip install "torch==2.13.0"
-	$(PYTHON) -m pip install -e ".[all]"
+	$(PYTHON) -m pip install "setuptools>=69" wheel "Cython>=3.0" "numpy>=1.26" "scipy>=1.11"
+	$(PYTHON) -m pip install --no-build-isolation -e ".[all]"
 	touch $(STAMP)
 
 # Rebuild the extension in place when the kernels changed since the install.
