@@ -44,6 +44,16 @@ cdef extern from *:
     int rr_max_threads() nogil
 
 
+# Below this many rows OpenBLAS's sgemm (a gemv in disguise) ran 5–10× slower than dot products
+# here (benchmarks/results/kernels.md): skinny products use rr_dot / rr_axpy instead.
+cdef enum:
+    SMALL_ROWS = 8
+
+
+#: Products with at most this many rows use dot products instead of sgemm (no BLAS involved).
+SMALL_PRODUCT_ROWS = SMALL_ROWS
+
+
 def build_info():
     """How this extension was compiled: OpenMP support and -march=native."""
     return {"openmp": bool(RR_OPENMP), "native": bool(RERANK_NATIVE),
@@ -67,6 +77,26 @@ cdef inline void _gemm_ab_acc(int rows, int cols, int inner, const float *a, int
     cdef float one = 1.0
     sgemm(b"N", b"N", &cols, &rows, &inner, &one, <float *>b, &ldb, <float *>a, &lda,
           &one, c, &ldc)
+
+
+cdef inline void _small_abt(int rows, int cols, int d, float alpha, const float *a,
+                            const float *b, float *c) noexcept nogil:
+    """C (rows×cols) = alpha · A (rows×d) · Bᵀ by dot products (A, B row-major, ld = d)."""
+    cdef int r, j
+    for r in range(rows):
+        for j in range(cols):
+            c[<Py_ssize_t>r * cols + j] = alpha * rr_dot(a + <Py_ssize_t>r * d,
+                                                         b + <Py_ssize_t>j * d, d)
+
+
+cdef inline void _small_ab_acc(int rows, int cols, int inner, const float *a, const float *b,
+                               float *c) noexcept nogil:
+    """C (rows×cols) += A (rows×inner) · B (inner×cols) by axpy (row-major, ld = width)."""
+    cdef int r, j
+    for r in range(rows):
+        for j in range(inner):
+            rr_axpy(c + <Py_ssize_t>r * cols, b + <Py_ssize_t>j * cols, cols,
+                    a[<Py_ssize_t>r * inner + j])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +131,10 @@ cdef int _attention_tile(const float *q, const float *k, const float *v, float *
         cols = kv_end - j0
         if cols > block_k:
             cols = block_k
-        _gemm_abt(rows, cols, d, scale, q, d, k + <Py_ssize_t>j0 * d, d, s, cols)
+        if rows <= SMALL_ROWS:
+            _small_abt(rows, cols, d, scale, q, k + <Py_ssize_t>j0 * d, s)
+        else:
+            _gemm_abt(rows, cols, d, scale, q, d, k + <Py_ssize_t>j0 * d, d, s, cols)
         if rr_nonfinite(s, <Py_ssize_t>rows * cols):
             return 1
         for r in range(rows):
@@ -125,7 +158,10 @@ cdef int _attention_tile(const float *q, const float *k, const float *v, float *
                 rr_scale(acc + <Py_ssize_t>r * dv, dv, corr)
             rsum[r] = rsum[r] * corr + total
             rmax[r] = newmax
-        _gemm_ab_acc(rows, dv, cols, s, cols, v + <Py_ssize_t>j0 * dv, dv, acc, dv)
+        if rows <= SMALL_ROWS:
+            _small_ab_acc(rows, dv, cols, s, v + <Py_ssize_t>j0 * dv, acc)
+        else:
+            _gemm_ab_acc(rows, dv, cols, s, cols, v + <Py_ssize_t>j0 * dv, dv, acc, dv)
         j0 = j0 + cols
     for r in range(rows):
         if rsum[r] > 0.0:
@@ -386,7 +422,10 @@ cdef int _late_one(const float *qtok, int t, const float *idf, const float *dtok
             if not (nrm < INFINITY):
                 bad = 1
             inv_dn[j] = 1.0 / nrm if nrm > 0.0 else 0.0
-        _gemm_abt(t, cols, d, 1.0, qn, d, dtok + (first + start) * d, d, s, cols)
+        if t <= SMALL_ROWS:
+            _small_abt(t, cols, d, 1.0, qn, dtok + (first + start) * d, s)
+        else:
+            _gemm_abt(t, cols, d, 1.0, qn, d, dtok + (first + start) * d, d, s, cols)
         if rr_nonfinite(s, <Py_ssize_t>t * cols):
             bad = 1
             break

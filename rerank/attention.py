@@ -18,8 +18,6 @@ from .validation import as_float32, check_finite, finite_float
 
 #: Query rows per tile and keys per tile of the compiled kernel (measured: benchmarks/bench_kernels).
 BLOCK_Q, BLOCK_K = 256, 512
-#: Above this many multiply-adds per tile product OpenBLAS would start its own threads.
-_BLAS_THREADING_MNK = 65536 * 4
 
 
 def _as_4d(x: np.ndarray) -> np.ndarray:
@@ -86,11 +84,9 @@ def run_compiled(kernels, q4, k4, v4, mask4, causal, scale) -> np.ndarray:
     threads = backend.get_num_threads()
     block_q = BLOCK_Q if b * h * math.ceil(n / BLOCK_Q) >= 2 * threads else 64
     out = np.empty((b, h, n, dv), dtype=np.float32)
-    if min(n, block_q) * min(m, BLOCK_K) * max(d, dv) > _BLAS_THREADING_MNK:
-        with backend.blas_one_thread:
-            bad = kernels.attention(q4, k4, v4, out, mask4, causal, scale, threads, block_q, BLOCK_K)
-    else:
-        bad = kernels.attention(q4, k4, v4, out, mask4, causal, scale, threads, block_q, BLOCK_K)
+    bad = backend.call_holding_blas(min(n, block_q), min(m, BLOCK_K), max(d, dv),
+                                    kernels.attention, q4, k4, v4, out, mask4, causal, scale,
+                                    threads, block_q, BLOCK_K)
     if bad:
         raise ValueError("attention met NaN or Inf: q, k or v holds non-finite values, "
                          "or their products overflow float32")

@@ -139,6 +139,19 @@ class _BlasOneThread:
 
 blas_one_thread = _BlasOneThread()
 
+#: OpenBLAS starts its own threads for products above m·n·k = 65536·4 (its default threshold).
+BLAS_THREADING_MNK = 65536 * 4
+
+
+def call_holding_blas(rows: int, cols: int, inner: int, kernel, *args):
+    """Run ``kernel(*args)`` with BLAS at one thread when its tile products (rows × cols × inner)
+    go through sgemm and are large enough for OpenBLAS to thread on its own (measured here: its
+    threads fighting ours or another process's made products 5× slower)."""
+    if rows > _kernels.SMALL_PRODUCT_ROWS and rows * cols * inner > BLAS_THREADING_MNK:
+        with blas_one_thread:
+            return kernel(*args)
+    return kernel(*args)
+
 
 def blas_info() -> list[dict]:
     from threadpoolctl import threadpool_info

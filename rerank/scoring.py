@@ -18,7 +18,8 @@ HIERARCHICAL_TAU = 0.1
 LAMBDA = 1.0
 #: Document tokens per tile in the late-interaction kernel (bounds its memory to t·tile floats).
 BLOCK_TOKENS = 1024
-_BLAS_THREADING_MNK = 65536 * 4
+#: Multiply-adds under which one query's candidates are not split across threads (~50 µs).
+_SPLIT_WORK = 1 << 21
 
 
 class ScoreDetails(NamedTuple):
@@ -104,11 +105,18 @@ def _mixing_inputs(name, dense, shape):
     return arr
 
 
-def _work_items(d_off: np.ndarray, threads: int) -> np.ndarray:
-    """(query, c0, c1) rows: one per query when queries alone keep the threads busy, else each
-    query's candidates split into parts of about equal token counts."""
+def _work_items(d_off: np.ndarray, threads: int, work: int) -> np.ndarray:
+    """(query, c0, c1) rows: one per query when queries alone keep the threads busy (or the
+    ``work``, in multiply-adds, is too small to share), else each query's candidates split into
+    parts of about equal token counts."""
     m, c = d_off.shape[0], d_off.shape[1] - 1
-    parts = 1 if m >= 2 * threads else min(c, -(-2 * threads // m))
+    shared = threads > 1 and m < 2 * threads and work > _SPLIT_WORK
+    parts = min(c, -(-2 * threads // m)) if shared else 1
+    if parts == 1:
+        items = np.zeros((m, 3), dtype=np.int64)
+        items[:, 0] = np.arange(m)
+        items[:, 2] = c
+        return items
     rows = []
     for qi in range(m):
         row = d_off[qi]
@@ -125,16 +133,13 @@ def _run_pooling(kernels, qtok, q_off, idf, dtok, d_off, tau, dense, lam):
     sim = np.empty((m, c), np.float32)
     dense_out = np.empty((m, c), np.float32)
     threads = backend.get_num_threads()
-    items = _work_items(d_off, threads)
     t_max = int(np.diff(q_off).max())
+    items = _work_items(d_off, threads, t_max * dtok.shape[0] * dtok.shape[1])
     args = (qtok, q_off, idf, dtok, d_off, items, -1.0 if tau is None else tau,
             None if dense is None else dense.reshape(m, c), lam, final, sim, dense_out,
             threads, BLOCK_TOKENS)
-    if threads > 1 and t_max * BLOCK_TOKENS * dtok.shape[1] > _BLAS_THREADING_MNK:
-        with backend.blas_one_thread:
-            bad = kernels.late_interaction(*args)
-    else:
-        bad = kernels.late_interaction(*args)
+    bad = backend.call_holding_blas(t_max, BLOCK_TOKENS, dtok.shape[1], kernels.late_interaction,
+                                    *args)
     return bad, final, sim, dense_out
 
 
