@@ -61,6 +61,21 @@ def build_info():
 
 
 # ---------------------------------------------------------------------------------------------
+# BLAS threads: this OpenBLAS keeps a thread count per calling thread (a new thread starts at the
+# library default), so every thread of our parallel regions sets its own to 1 through
+# openblas_set_num_threads_local, whose address the caller passes (0 when the BLAS has none).
+
+ctypedef int (*set_local_threads_t)(int) noexcept nogil
+
+
+cdef inline int _blas_threads_local(size_t setter, int n) noexcept nogil:
+    """Set this thread's BLAS thread count to n; returns the previous count (0 without setter)."""
+    if setter == 0 or n < 1:
+        return 0
+    return (<set_local_threads_t>setter)(n)
+
+
+# ---------------------------------------------------------------------------------------------
 # BLAS helpers (row-major views of column-major Fortran sgemm)
 
 cdef inline void _gemm_abt(int rows, int cols, int d, float alpha, const float *a, int lda,
@@ -163,6 +178,8 @@ cdef int _attention_tile(const float *q, const float *k, const float *v, float *
         else:
             _gemm_ab_acc(rows, dv, cols, s, cols, v + <Py_ssize_t>j0 * dv, dv, acc, dv)
         j0 = j0 + cols
+    if rr_nonfinite(acc, <Py_ssize_t>rows * dv):    # NaN/Inf in v, even under a zero weight
+        return 1
     for r in range(rows):
         if rsum[r] > 0.0:
             for c in range(dv):
@@ -173,12 +190,14 @@ cdef int _attention_tile(const float *q, const float *k, const float *v, float *
 
 
 def attention(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out, object mask,
-              bint causal, float scale, int num_threads, int block_q, int block_k):
+              bint causal, float scale, int num_threads, int block_q, int block_k,
+              size_t blas_setter=0):
     """out[b, h] = softmax(q[b, h]·k[b, g]ᵀ·scale + mask[b, h])·v[b, g], g = h // (H / H_kv).
 
     q (B, H, n, d), k (B, Hkv, m, d), v (B, Hkv, m, dv), out (B, H, n, dv): float32, C-contiguous.
     mask: None or a float32 additive (B, H, n, m) array of any strides (zero strides broadcast).
-    Extra memory per thread: block_q·(block_k + dv + 2) floats. Returns the non-finite count.
+    Extra memory per thread: block_q·(block_k + dv + 2) floats. blas_setter: the address of
+    openblas_set_num_threads_local (or 0). Returns the non-finite count.
     """
     cdef int B = q.shape[0], H = q.shape[1], n = q.shape[2], d = q.shape[3]
     cdef int Hkv = k.shape[1], m = k.shape[2], dv = v.shape[3]
@@ -203,12 +222,13 @@ def attention(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out, obje
     if num_threads < 1:
         num_threads = 1
     cdef Py_ssize_t it
-    cdef int bad = 0, b, h, tile, row0, rows
+    cdef int bad = 0, b, h, tile, row0, rows, blas_prev
     cdef float *s
     cdef float *acc
     cdef float *rmax
     cdef float *rsum
     with nogil, parallel(num_threads=num_threads):
+        blas_prev = _blas_threads_local(blas_setter, 1)
         s = <float *>malloc(<Py_ssize_t>block_q * (block_k + dv + 2) * sizeof(float))
         acc = s + <Py_ssize_t>block_q * block_k
         rmax = acc + <Py_ssize_t>block_q * dv
@@ -229,6 +249,7 @@ def attention(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out, obje
                 rows, row0, n, m, d, dv, scale, causal, mvp, b, h, block_k,
                 s, acc, rmax, rsum)
         free(s)
+        _blas_threads_local(blas_setter, blas_prev)
     return bad
 
 
@@ -487,13 +508,14 @@ cdef int _late_one(const float *qtok, int t, const float *idf, const float *dtok
 def late_interaction(cnp.ndarray qtok, cnp.ndarray q_off, object idf, cnp.ndarray dtok,
                      cnp.ndarray d_off, cnp.ndarray items, float tau, object dense, float lam,
                      cnp.ndarray out_final, cnp.ndarray out_sim, cnp.ndarray out_dense,
-                     int num_threads, int block_tokens):
+                     int num_threads, int block_tokens, size_t blas_setter=0):
     """Score M queries, each against its own c candidates, by pooled token similarities.
 
     qtok (Q, d) with q_off (M+1,) int64: query m owns qtok[q_off[m]:q_off[m+1]]; idf None or (Q,).
     dtok (D, d) with d_off (M, c+1) int64 (increasing per row): candidate i of query m owns
     dtok[d_off[m, i]:d_off[m, i+1]]. items (K, 3) int64 rows (query, c0, c1) cover every
     candidate once: the units of parallel work. tau ≤ 0 means max pooling. dense None or (M, c).
+    blas_setter: the address of openblas_set_num_threads_local (or 0).
     Writes final = z(dense) + lam·z(sim), sim and dense (M, c); returns the non-finite count.
     """
     cdef int M = d_off.shape[0], c = d_off.shape[1] - 1, d = qtok.shape[1]
@@ -509,15 +531,18 @@ def late_interaction(cnp.ndarray qtok, cnp.ndarray q_off, object idf, cnp.ndarra
     cdef float *fp = <float *>cnp.PyArray_DATA(out_final)
     cdef float *sp = <float *>cnp.PyArray_DATA(out_sim)
     cdef float *ep = <float *>cnp.PyArray_DATA(out_dense)
-    cdef int bad = 0, threads = num_threads if num_threads < K else <int>K
+    cdef int bad = 0, threads = num_threads if num_threads < K else <int>K, blas_prev
     if threads < 1:
         threads = 1
-    for it in prange(K, nogil=True, schedule="dynamic", num_threads=threads):
-        qi = wk[3 * it]
-        bad += _late_one(qp + qo[qi] * d, <int>(qo[qi + 1] - qo[qi]),
-                         NULL if ip == NULL else ip + qo[qi], dp, do + qi * (c + 1),
-                         <int>wk[3 * it + 1], <int>wk[3 * it + 2], d, tau, has_dense,
-                         block_tokens, sp + qi * c, ep + qi * c)
+    with nogil, parallel(num_threads=threads):
+        blas_prev = _blas_threads_local(blas_setter, 1)
+        for it in prange(K, schedule="dynamic"):
+            qi = wk[3 * it]
+            bad += _late_one(qp + qo[qi] * d, <int>(qo[qi + 1] - qo[qi]),
+                             NULL if ip == NULL else ip + qo[qi], dp, do + qi * (c + 1),
+                             <int>wk[3 * it + 1], <int>wk[3 * it + 2], d, tau, has_dense,
+                             block_tokens, sp + qi * c, ep + qi * c)
+        _blas_threads_local(blas_setter, blas_prev)
     if bad:
         return bad
     with nogil:

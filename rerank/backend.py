@@ -98,33 +98,19 @@ def get_num_threads() -> int:
 
 
 class _BlasOneThread:
-    """Holds the BLAS that the kernels call (scipy's) at one thread while a parallel kernel runs.
-
-    Re-entrant across Python threads: the first caller in saves and lowers the limit, the last
-    one out restores it.
-    """
+    """Fallback when the BLAS has no per-thread setting: hold it at one thread, process-wide,
+    while a kernel runs. Re-entrant across Python threads: the first caller in saves and lowers
+    the limit, the last one out restores it."""
 
     def __init__(self):
-        self._controllers = None
         self._users = 0
         self._saved = []
         self._lock = threading.Lock()
 
-    def _blas(self):
-        if self._controllers is None:
-            import scipy
-            from threadpoolctl import ThreadpoolController
-
-            libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
-            scipy_dir = os.path.dirname(os.path.dirname(scipy.__file__))
-            own = [c for c in libs if c.filepath.startswith(os.path.join(scipy_dir, "scipy"))]
-            self._controllers = own or libs
-        return self._controllers
-
     def __enter__(self):
         with self._lock:
             if self._users == 0:
-                self._saved = [(c, c.get_num_threads()) for c in self._blas()]
+                self._saved = [(c, c.get_num_threads()) for c in _kernel_blas()]
                 for c, _ in self._saved:
                     c.set_num_threads(1)
             self._users += 1
@@ -137,6 +123,43 @@ class _BlasOneThread:
                     c.set_num_threads(n)
 
 
+_blas_controllers = None
+_blas_setter = None
+
+
+def _kernel_blas():
+    """threadpoolctl controllers of the BLAS the kernels call (scipy's), or every BLAS."""
+    global _blas_controllers
+    if _blas_controllers is None:
+        import scipy
+        from threadpoolctl import ThreadpoolController
+
+        libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+        scipy_dir = os.path.dirname(os.path.dirname(scipy.__file__))
+        own = [c for c in libs if c.filepath.startswith(os.path.join(scipy_dir, "scipy"))]
+        _blas_controllers = own or libs
+    return _blas_controllers
+
+
+def blas_thread_setter() -> int:
+    """Address of the kernels' BLAS ``openblas_set_num_threads_local`` (0 when it has none)."""
+    global _blas_setter
+    if _blas_setter is None:
+        import ctypes
+
+        _blas_setter = 0
+        libs = _kernel_blas()
+        if len(libs) == 1 and libs[0].internal_api == "openblas":
+            lib = ctypes.CDLL(libs[0].filepath)
+            for name in ("openblas_set_num_threads_local",
+                         f"{libs[0].prefix}_set_num_threads_local"):
+                fn = getattr(lib, name, None)
+                if fn is not None:
+                    _blas_setter = ctypes.cast(fn, ctypes.c_void_p).value or 0
+                    break
+    return _blas_setter
+
+
 blas_one_thread = _BlasOneThread()
 
 #: OpenBLAS starts its own threads for products above m·n·k = 65536·4 (its default threshold).
@@ -144,13 +167,18 @@ BLAS_THREADING_MNK = 65536 * 4
 
 
 def call_holding_blas(rows: int, cols: int, inner: int, kernel, *args):
-    """Run ``kernel(*args)`` with BLAS at one thread when its tile products (rows × cols × inner)
-    go through sgemm and are large enough for OpenBLAS to thread on its own (measured here: its
-    threads fighting ours or another process's made products 5× slower)."""
-    if rows > _kernels.SMALL_PRODUCT_ROWS and rows * cols * inner > BLAS_THREADING_MNK:
-        with blas_one_thread:
-            return kernel(*args)
-    return kernel(*args)
+    """Run ``kernel(*args, blas_setter)`` with its BLAS at one thread in every kernel thread.
+
+    Measured here: OpenBLAS threads started inside our parallel regions, or fighting another
+    process, made the tile products 5× slower. Products of at most SMALL_PRODUCT_ROWS rows or
+    below OpenBLAS's threading threshold need nothing."""
+    if rows <= _kernels.SMALL_PRODUCT_ROWS or rows * cols * inner <= BLAS_THREADING_MNK:
+        return kernel(*args, 0)
+    setter = blas_thread_setter()
+    if setter:
+        return kernel(*args, setter)
+    with blas_one_thread:
+        return kernel(*args, 0)
 
 
 def blas_info() -> list[dict]:
@@ -178,6 +206,10 @@ def status() -> dict:
         info["openmp"] = build["openmp"]
         info["native"] = build["native"]
     info["blas"] = blas_info()
+    if _kernels is not None:
+        info["blas_threads_in_kernels"] = (
+            "1 per kernel thread (openblas_set_num_threads_local)" if blas_thread_setter()
+            else "1 process-wide while a kernel runs (threadpoolctl)")
     return info
 
 

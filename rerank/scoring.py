@@ -173,10 +173,10 @@ def late_interaction(query_tokens, doc_tokens, doc_offsets, *, tau=None, idf=Non
     kernels = backend.compiled_kernels()
     if kernels is None:
         check_finite("query_tokens", qt)
-        check_finite("doc_tokens", dt)
         rows = []
         for i in range(m):
             lo = d_off[i, 0]
+            check_finite("doc_tokens", dtok[lo:d_off[i, -1]])   # padding rows are not input
             rows.append(reference.late_interaction_scores(
                 qtok[i * t:(i + 1) * t], dtok[lo:d_off[i, -1]], d_off[i] - lo, tau=tau,
                 idf=None if idf is None else idf.reshape(m, t)[i],
@@ -219,10 +219,10 @@ def hierarchical(query, chunks, chunk_offsets, *, tau=HIERARCHICAL_TAU, dense=No
     kernels = backend.compiled_kernels()
     if kernels is None:
         check_finite("query", q)
-        check_finite("chunks", ch)
         rows = []
         for i in range(m):
             lo = d_off[i, 0]
+            check_finite("chunks", dtok[lo:d_off[i, -1]])       # padding rows are not input
             rows.append(reference.hierarchical_scores(
                 qtok[i], dtok[lo:d_off[i, -1]], d_off[i] - lo, tau=tau,
                 dense=None if dense is None else dense.reshape(m, c)[i], lam=lam)[:3])
