@@ -334,7 +334,8 @@ def section_rerank(args) -> dict:
             Contender("rerank.attention compiled (2 threads)", lambda: rerank.attention(q2, C, C),
                       shape=shape),
         ]
-        for row in measure(contenders, args.rounds, args.target, "numpy attention (1 BLAS thread)"):
+        for row in measure(contenders, args.section_rounds["rerank"], args.target,
+                           "numpy attention (1 BLAS thread)"):
             row["group"] = f"c={c}"
             results.append(row)
 
@@ -377,7 +378,8 @@ def section_rerank(args) -> dict:
                   numpy_blas_one_thread, shape),
         Contender("rerank loop: mech.score per query", rerank_loop, shape=shape),
     ]
-    batch = measure(contenders, args.rounds, args.target, "numpy loop: attention per query")
+    batch = measure(contenders, args.section_rounds["rerank"], args.target,
+                    "numpy loop: attention per query")
     by = {r["contender"]: r for r in batch}
     rr = by["rerank memory_attention batch (2 threads)"]["rounds_s"]
     speedups = {name: statistics.median(b / a for a, b in zip(rr, by[name]["rounds_s"]))
@@ -505,7 +507,7 @@ def section_self(args) -> dict:
             name: check_close(f"self-attention {name} causal={causal}", self_call(name, 256, causal)(),
                               ref, 1e-4) for name in ("rerank", "torch", "numpy")}
     for n in args.self_sizes:
-        rounds = args.rounds if args.rounds_set or n < 4096 else 7
+        rounds = args.section_rounds["self"] if args.rounds_set or args.quick or n < 4096 else 7
         for causal in (False, True):
             flops = 4 * n * n * d * h / (2 if causal else 1)
             shape = f"n={n}{' causal' if causal else ''}"
@@ -614,7 +616,8 @@ def section_late(args) -> dict:
         Contender("numpy loop over candidates (1 BLAS thread)", numpy_maxsim_loop,
                   numpy_blas_one_thread, shape),
     ]
-    results = measure(contenders, args.rounds, args.target, "torch padded einsum MaxSim (2 threads)")
+    results = measure(contenders, args.section_rounds["late"], args.target,
+                      "torch padded einsum MaxSim (2 threads)")
     for row in results:
         row["group"] = "late"
 
@@ -656,7 +659,8 @@ def section_late(args) -> dict:
                   hshape),
         Contender("numpy vectorised (1 BLAS thread)", numpy_hier_vec, numpy_blas_one_thread, hshape),
     ]
-    hier = measure(contenders, args.rounds, args.target, "numpy loop over docs (1 BLAS thread)")
+    hier = measure(contenders, args.section_rounds["late"], args.target,
+                   "numpy loop over docs (1 BLAS thread)")
     for row in hier:
         row["group"] = "hierarchical"
     results.extend(hier)
@@ -701,8 +705,10 @@ def markdown(report: dict) -> str:
         + ", ".join(f"{k} {v['sha256']}" for k, v in env["build"].items() if isinstance(v, dict))
         + (" (STALE: older than its sources)" if env["build"]["stale"] else "") + ".",
         "",
-        f"Median of {report['rounds']} interleaved rounds per contender (7 for seq 4096 unless "
-        f"--rounds is given) after a warm-up; each round ≈ {report['target_s'] * 1e3:.0f} ms of "
+        "Median over interleaved rounds per contender (rounds: "
+        + ", ".join(f"{k} {v}" for k, v in report["rounds"].items())
+        + ("" if report["quick"] or "--rounds" in " ".join(report["argv"]) else "; 7 for seq 4096")
+        + f") after a warm-up; each round ≈ {report['target_s'] * 1e3:.0f} ms of "
         "repeated calls. ratio = median over rounds of (contender time ÷ ★ baseline time in the same "
         "round): below 1 is faster than the baseline.",
     ]
@@ -762,17 +768,22 @@ def parse_args(argv):
                         "writes kernels-quick.{json,md} unless --out is given")
     p.add_argument("--only", choices=SECTIONS, action="append",
                    help="run only this section (repeatable): rerank | self | late")
-    p.add_argument("--rounds", type=int, help="timed rounds per contender (protocol: ≥ 7; "
-                                              "default 9, 7 for seq 4096, 3 with --quick)")
+    p.add_argument("--rounds", type=int, help="timed rounds per contender, all sections (protocol: "
+                                              "≥ 7; default 15 for rerank and late, 9 for self, "
+                                              "7 for seq 4096; 3 with --quick)")
     p.add_argument("--out", help="output path without extension "
                                  "(default benchmarks/results/kernels)")
     p.add_argument("--_mem", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.rounds_set = args.rounds is not None
-    if args.rounds is None:
-        args.rounds = 3 if args.quick else 9
-    if args.rounds < 1:
+    if args.rounds is not None and args.rounds < 1:
         p.error("--rounds must be ≥ 1")
+    if args.rounds_set:
+        args.section_rounds = dict.fromkeys(SECTIONS, args.rounds)
+    elif args.quick:
+        args.section_rounds = dict.fromkeys(SECTIONS, 3)
+    else:
+        args.section_rounds = {"rerank": 15, "self": 9, "late": 15}
     args.sections = args.only or list(SECTIONS)
     args.target = 0.010 if args.quick else 0.050
     args.batch = 200 if args.quick else 1000
@@ -800,8 +811,9 @@ def main(argv=None) -> int:
     status = rerank.status()                      # after set_num_threads
     env = environment(with_torch=True)
     print_environment(env, status)
-    if args.rounds < 7:
-        print(f"note: {args.rounds} rounds is below the protocol's 7 (smoke run only)\n")
+    min_rounds = min(args.section_rounds[name] for name in args.sections)
+    if min_rounds < 7:
+        print(f"note: {min_rounds} rounds is below the protocol's 7 (smoke run only)\n")
     if env["OPENBLAS_CORETYPE"] is not None or env["OPENBLAS_L2_SIZE"] is not None:
         print("WARNING: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set; numpy numbers are not "
               "per protocol. Run under `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`.\n")
@@ -818,8 +830,9 @@ def main(argv=None) -> int:
                      if load["other_cpus"] + load["steal_cpus"] > 0.15 else ""), flush=True)
             print(flush=True)
     report = {
-        "argv": argv, "quick": args.quick, "rounds": args.rounds, "target_s": args.target,
-        "protocol_ok": args.rounds >= 7 and env["OPENBLAS_CORETYPE"] is None,
+        "argv": argv, "quick": args.quick, "rounds": {k: v for k, v in args.section_rounds.items() if k in args.sections},
+        "target_s": args.target,
+        "protocol_ok": min_rounds >= 7 and env["OPENBLAS_CORETYPE"] is None,
         "environment": env, "status": status, "sections": sections,
         "loadavg_end": os.getloadavg(), "run_time_s": time.perf_counter() - t_start,
     }
