@@ -337,8 +337,8 @@ def memory_scores(cnp.ndarray queries, cnp.ndarray candidates, cnp.ndarray out, 
 def memory_scores_one(object query, object candidates, object heads, object tau, object alpha):
     """Fast path of one validated scoring call: scores (c,) for a float32 C-contiguous query (d,)
     and candidates (c, d), or None when anything needs the general path (other dtypes, shapes or
-    parameter values: it then validates and raises the precise error). Raises ValueError on
-    non-finite scores."""
+    parameter values: it then validates and raises the precise error). Raises FloatingPointError
+    on non-finite scores (the caller names the input)."""
     if not (cnp.PyArray_CheckExact(query) and cnp.PyArray_CheckExact(candidates)):
         return None
     cdef cnp.ndarray qa = <cnp.ndarray>query
@@ -365,8 +365,7 @@ def memory_scores_one(object query, object candidates, object heads, object tau,
                           <int>c, <int>d, h, 1.0 / t, a, <float *>cnp.PyArray_DATA(out), work)
         free(work)
     if bad:
-        raise ValueError("memory-attention met NaN or Inf: an input holds non-finite values or "
-                         "overflows float32")
+        raise FloatingPointError("memory-attention met NaN or Inf")
     return out
 
 

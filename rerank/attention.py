@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from . import backend, reference
-from .validation import as_float32, check_finite, finite_float
+from .validation import as_float32, check_finite, finite_float, non_finite_error
 
 #: Query rows per tile and keys per tile of the compiled kernel (measured: benchmarks/bench_kernels).
 BLOCK_Q, BLOCK_K = 256, 512
@@ -89,6 +89,5 @@ def run_compiled(kernels, q4, k4, v4, mask4, causal, scale) -> np.ndarray:
                                     kernels.attention, q4, k4, v4, out, mask4, causal, scale,
                                     threads, block_q, BLOCK_K)
     if bad:
-        raise ValueError("attention met NaN or Inf: q, k or v holds non-finite values, "
-                         "or their products overflow float32")
+        raise non_finite_error("attention", q=q4, k=k4, v=v4)
     return out

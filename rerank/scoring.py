@@ -9,8 +9,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import backend, reference
-from .validation import (as_float32, check_finite, finite_float, offsets, positive_float,
-                         positive_int, same)
+from .validation import (as_float32, check_finite, finite_float, non_finite_error, offsets,
+                         positive_float, positive_int, same)
 
 #: Default temperatures and mix weight. Provisional until the quality issue measures them.
 MEMORY_TAU = 0.1
@@ -29,17 +29,16 @@ class ScoreDetails(NamedTuple):
     dense: np.ndarray
 
 
-def _non_finite(what: str) -> ValueError:
-    return ValueError(f"{what} met NaN or Inf: an input holds non-finite values or overflows float32")
-
-
 def memory_attention(query, candidates, *, heads=1, tau=MEMORY_TAU, alpha=0.0) -> np.ndarray:
     """score_i = Σ_h softmax_i(q̂_h·k̂_{i,h}/τ)/h over candidates (c, d) for a query (d,);
     with α ≠ 0 the query is refined once (q' = normalise(q̂ + α·Σ_i score_i·k̂_i)).
     With heads = 1 and α = 0 the order equals the dense (cosine) order."""
     kernels = backend.compiled_kernels()
     if kernels is not None:  # one float32 query: validated inside the kernel call
-        out = kernels.memory_scores_one(query, candidates, heads, tau, alpha)
+        try:
+            out = kernels.memory_scores_one(query, candidates, heads, tau, alpha)
+        except FloatingPointError:
+            raise non_finite_error("memory-attention", query=query, candidates=candidates) from None
         if out is not None:
             return out
     cands = as_float32("candidates", candidates, (2, 3))
@@ -68,7 +67,7 @@ def memory_attention(query, candidates, *, heads=1, tau=MEMORY_TAU, alpha=0.0) -
     out = np.empty(cands.shape[:-1], dtype=np.float32)
     threads = backend.get_num_threads() if cands.ndim == 3 else 1
     if kernels.memory_scores(q, cands, out, heads, tau, alpha, threads):
-        raise _non_finite("memory-attention")
+        raise non_finite_error("memory-attention", query=q, candidates=cands)
     return out
 
 
@@ -189,7 +188,7 @@ def late_interaction(query_tokens, doc_tokens, doc_offsets, *, tau=None, idf=Non
                                                   None if idf is None else idf.reshape(-1),
                                                   dtok, d_off, tau, dense, lam)
     if bad:
-        raise _non_finite("late interaction")
+        raise non_finite_error("late interaction", query_tokens=qt, doc_tokens=dtok)
     return _shape_result(final, sim, dense_out, batched, details)
 
 
@@ -233,5 +232,5 @@ def hierarchical(query, chunks, chunk_offsets, *, tau=HIERARCHICAL_TAU, dense=No
         bad, final, sim, dense_out = _run_pooling(kernels, qtok, q_off, None, dtok, d_off, tau,
                                                   dense, lam)
     if bad:
-        raise _non_finite("hierarchical cross-attention")
+        raise non_finite_error("hierarchical cross-attention", query=q, chunks=dtok)
     return _shape_result(final, sim, dense_out, batched, details)

@@ -88,3 +88,14 @@ def offsets(name: str, x, total: int, *, exact_end: bool = True) -> np.ndarray:
 def same(name_a: str, a: int, name_b: str, b: int, what: str) -> None:
     if a != b:
         raise ValueError(f"{what} of {name_a} ({a}) and {name_b} ({b}) must match")
+
+
+def non_finite_error(what: str, **inputs) -> ValueError:
+    """The error for a kernel that met NaN/Inf: names the input holding non-finite values, or says
+    the values overflow float32 (only called on that error path, so the scan costs nothing else)."""
+    for name, arr in inputs.items():
+        if arr is not None and not np.isfinite(arr).all():
+            return ValueError(f"{name} contains NaN or Inf values ({what})")
+    names = ", ".join(n for n, a in inputs.items() if a is not None)
+    return ValueError(f"{what} met NaN or Inf: the values of {names} overflow float32 "
+                      "(scale them down)")

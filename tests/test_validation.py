@@ -586,3 +586,37 @@ def test_rerank_backend_invalid():
     proc = _import_rerank({"RERANK_BACKEND": "gpu"})
     assert proc.returncode != 0
     assert "ValueError" in proc.stderr and "backend must be one of" in proc.stderr
+
+
+@pytest.mark.parametrize("which", ["q", "k", "v"])
+def test_attention_nonfinite_error_names_the_argument(backend_name, rng, which):
+    q, k, v = f32(rng, 2, 20, 8), f32(rng, 2, 30, 8), f32(rng, 2, 30, 8)
+    {"q": q, "k": k, "v": v}[which][1, 3, 2] = np.nan
+    with pytest.raises(ValueError, match=rf"^{which} contains NaN or Inf"):
+        rerank.attention(q, k, v)
+
+
+@pytest.mark.parametrize("which", ["query", "candidates"])
+@pytest.mark.parametrize("batch", [False, True])
+def test_memory_nonfinite_error_names_the_argument(backend_name, rng, which, batch):
+    q, cands = (f32(rng, 3, 8), f32(rng, 3, 5, 8)) if batch else (f32(rng, 8), f32(rng, 5, 8))
+    (q if which == "query" else cands)[..., 1] = np.inf
+    with pytest.raises(ValueError, match=rf"^{which} contains NaN or Inf"):
+        scoring.memory_attention(q, cands)
+
+
+@pytest.mark.parametrize("which", ["query_tokens", "doc_tokens"])
+def test_late_nonfinite_error_names_the_argument(backend_name, rng, which):
+    qt = f32(rng, 3, 8)
+    tokens, offsets = f32(rng, 5, 8), np.array([0, 2, 5])
+    (qt if which == "query_tokens" else tokens)[1, 1] = np.nan
+    with pytest.raises(ValueError, match=rf"^{which} contains NaN or Inf"):
+        scoring.late_interaction(qt, tokens, offsets)
+
+
+def test_overflow_error_says_overflow(backend_name, rng):
+    q = f32(rng, 4, 8) * np.float32(1e30)
+    if backend_name == "numpy":
+        pytest.skip("the numpy backend computes in float64, where 1e30 does not overflow")
+    with pytest.raises(ValueError, match="overflow"):
+        rerank.attention(q, q, q)
