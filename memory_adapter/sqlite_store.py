@@ -1,0 +1,481 @@
+"""The embedded document store: one SQLite file, the memory service's source of truth.
+
+Durability: the database runs in WAL mode with ``synchronous=FULL``, so a committed batch survives
+a killed process or a power loss; every write (:meth:`SQLiteStore.put`, :meth:`SQLiteStore.delete`)
+validates its whole batch first and then runs in ONE ``BEGIN IMMEDIATE … COMMIT`` transaction,
+rolled back on any error — a batch is stored completely or not at all.
+
+Every store is bound to one embedding model: the ``meta`` table records ``model_id`` and ``dim``
+when the store is created, and opening it for another model or dimension raises ``ValueError``
+naming both (vectors of different models side by side give meaningless scores).
+
+Layout (``documents``): ``id`` TEXT PRIMARY KEY, ``text``, ``metadata`` (JSON), ``vector`` (float32
+BLOB), ``tokens`` (token vectors, float16 BLOB by default), ``token_count``, ``chunks`` (float32
+BLOB), ``chunk_count``, ``seq`` (the write that last changed the row) and ``updated`` (unix time).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from numbers import Real
+from typing import Iterable, Sequence
+
+import numpy as np
+import sqlite_utils
+
+from rerank.validation import as_float32, positive_int
+
+from .interfaces import Record
+
+__all__ = ["SQLiteStore", "SCHEMA_VERSION"]
+
+#: The on-disk schema this code writes and reads.
+SCHEMA_VERSION = 1
+
+_RESERVED_META = frozenset({"schema_version", "model_id", "dim", "created", "write_seq",
+                            "token_dtype"})
+_TOKEN_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+_COLUMNS = ("id", "text", "metadata", "vector", "tokens", "token_count", "chunks", "chunk_count",
+            "seq", "updated")
+_UPSERT = (f"INSERT INTO documents ({', '.join(_COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(_COLUMNS))}) "
+           "ON CONFLICT(id) DO UPDATE SET "
+           + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:]))
+_SELECT = ("SELECT id, text, metadata, vector, tokens, token_count, chunks, chunk_count "
+           "FROM documents")
+_IN_IDS = "id IN (SELECT value FROM json_each(?))"
+
+
+def _as_ids(name: str, ids) -> list[str]:
+    """``ids`` as a list of non-empty strings (a bare string is refused: it is not a list)."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{name} must be a list of string ids, not a single {type(ids).__name__} "
+                        f"(wrap it: [{ids!r}])")
+    try:
+        out = list(ids)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of string ids; got {type(ids).__name__}") from None
+    for i, x in enumerate(out):
+        if not isinstance(x, str):
+            raise TypeError(f"{name}[{i}] must be a string id; got {type(x).__name__} {x!r}")
+    return out
+
+
+def _check_scalar(where: str, value) -> None:
+    if value is None or isinstance(value, (str, bool)):
+        return
+    if isinstance(value, Real):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} must be finite; got {value!r}")
+        return
+    raise ValueError(f"{where} must be a string, number, boolean or null; got "
+                     f"{type(value).__name__} {value!r}")
+
+
+# A metadata field matches a candidate value when both have the same JSON type (integers and reals
+# are one type: numbers) and the same value; a field holding an array matches when one of its
+# elements does. Objects never match a scalar.
+_TYPE_CLASS = "(CASE WHEN {0}.type IN ('integer', 'real') THEN 'number' ELSE {0}.type END)"
+_FIELD_MATCH = (
+    "EXISTS (SELECT 1 FROM json_each(documents.metadata, ?) AS f, json_each(?) AS v "
+    "WHERE json_type(documents.metadata, ?) != 'object' "
+    f"AND {_TYPE_CLASS.format('f')} = {_TYPE_CLASS.format('v')} "
+    "AND (f.type = 'null' OR f.atom = v.atom))")
+
+
+class SQLiteStore:
+    """A :class:`~memory_adapter.interfaces.DocumentStore` in one SQLite file.
+
+    ``SQLiteStore(path, model_id=..., dim=...)`` creates the file (and its folder) when missing, or
+    opens it and checks that it was created for the same ``model_id`` and ``dim``. ``path`` may be
+    ``":memory:"`` (nothing persisted). ``token_dtype`` ("float16", the default, or "float32") is
+    how token vectors are kept on disk (they are returned as float32); it is fixed when the store
+    is created.
+
+    Thread-safe: one connection guarded by a re-entrant lock. Several processes may open the same
+    file (SQLite serialises their writes; readers never block in WAL mode).
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    backend = "sqlite"
+
+    def __init__(self, path: str | os.PathLike, *, model_id: str, dim: int,
+                 token_dtype: str = "float16"):
+        if not isinstance(model_id, str) or not model_id.strip():
+            raise ValueError(f"model_id must be a non-empty string naming the embedding model; "
+                             f"got {model_id!r}")
+        self.dim = positive_int("dim", dim)
+        self.model_id = model_id
+        if token_dtype not in _TOKEN_DTYPES:
+            raise ValueError(f"token_dtype must be one of {sorted(_TOKEN_DTYPES)}; "
+                             f"got {token_dtype!r}")
+        self.path = os.fspath(path)
+        if self.path != ":memory:":
+            self.path = os.path.abspath(os.path.expanduser(self.path))
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._lock = threading.RLock()
+        self._closed = False
+        try:
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                         timeout=30.0)
+        except sqlite3.Error as exc:
+            raise ValueError(f"cannot open the store at {self.path}: {exc}") from exc
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self.db = sqlite_utils.Database(self._conn)
+            self._init_schema(model_id, dim, token_dtype)
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise ValueError(f"{self.path} is not a usable SQLite database: {exc}") from exc
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # ------------------------------------------------------------------ setup
+    def _init_schema(self, model_id: str, dim: int, token_dtype: str) -> None:
+        with self._write() as conn:
+            tables = set(self.db.table_names())
+            if tables and "meta" not in tables:
+                raise ValueError(f"{self.path} is a SQLite database but not a rerank store "
+                                 f"(it has tables {sorted(tables)} and no 'meta' table); "
+                                 "choose another --db")
+            self.db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            if not meta:
+                meta = {"schema_version": str(SCHEMA_VERSION), "model_id": model_id,
+                        "dim": str(dim), "created": repr(time.time()), "write_seq": "0",
+                        "token_dtype": token_dtype}
+                conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+            self.db["documents"].create(
+                {"id": str, "text": str, "metadata": str, "vector": bytes, "tokens": bytes,
+                 "token_count": int, "chunks": bytes, "chunk_count": int, "seq": int,
+                 "updated": float},
+                pk="id", not_null={"metadata", "vector", "seq", "updated"}, if_not_exists=True)
+            self.db["documents"].create_index(["seq"], if_not_exists=True)
+        version = int(meta.get("schema_version", "0"))
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"the store at {self.path} has schema version {version}, newer than "
+                             f"this rerank understands ({SCHEMA_VERSION}); upgrade rerank")
+        stored_model, stored_dim = meta.get("model_id"), int(meta.get("dim", "0"))
+        if stored_model != model_id or stored_dim != dim:
+            raise ValueError(
+                f"the store at {self.path} holds vectors of model {stored_model!r} (dim "
+                f"{stored_dim}); it cannot be opened for model {model_id!r} (dim {dim}): vectors "
+                "of different models are not comparable. Use the store's model, or another --db")
+        self.created = float(meta["created"])
+        self.token_dtype = meta.get("token_dtype", "float16")
+        self._token_np = _TOKEN_DTYPES[self.token_dtype]
+
+    # ------------------------------------------------------------ plumbing
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise ValueError(f"the store at {self.path} is closed")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _write(self):
+        """The lock, and one ``BEGIN IMMEDIATE … COMMIT`` transaction, rolled back on any error
+        (also on KeyboardInterrupt)."""
+        with self._lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _read(self):
+        """The lock, and one read transaction: every statement sees the same snapshot."""
+        with self._lock:
+            conn = self.conn
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    @staticmethod
+    def _next_seq(conn: sqlite3.Connection) -> int:
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'write_seq'")
+        return int(conn.execute("SELECT value FROM meta WHERE key = 'write_seq'").fetchone()[0])
+
+    def _write_rows(self, conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
+        """Write the encoded rows, one statement each, inside the caller's transaction."""
+        for row in rows:
+            conn.execute(_UPSERT, row)
+
+    # -------------------------------------------------------------- encode
+    def _encode(self, records) -> list[tuple]:
+        if isinstance(records, Record):
+            records = [records]
+        rows, seen = [], {}
+        for i, rec in enumerate(records):
+            if not isinstance(rec, Record):
+                raise TypeError(f"records[{i}] must be a Record; got {type(rec).__name__}")
+            if not isinstance(rec.id, str) or not rec.id:
+                raise ValueError(f"records[{i}].id must be a non-empty string; got {rec.id!r}")
+            where = f"records[{i}] (id {rec.id!r})"
+            if rec.id in seen:
+                raise ValueError(f"{where} repeats the id of records[{seen[rec.id]}]; one batch "
+                                 "may hold each id once")
+            seen[rec.id] = i
+            if rec.vector is None:
+                raise ValueError(f"{where}.vector is missing: a stored document needs its "
+                                 f"({self.dim},) vector")
+            vec = as_float32(f"{where}.vector", rec.vector, (1,))
+            if vec.shape[0] != self.dim:
+                raise ValueError(f"{where}.vector must have shape ({self.dim},) (the store's dim); "
+                                 f"got {vec.shape}")
+            if not np.isfinite(vec).all():
+                raise ValueError(f"{where}.vector contains NaN or Inf values")
+            if rec.text is not None and not isinstance(rec.text, str):
+                raise TypeError(f"{where}.text must be a string or None; got "
+                                f"{type(rec.text).__name__}")
+            meta = {} if rec.metadata is None else rec.metadata
+            if not isinstance(meta, dict):
+                raise TypeError(f"{where}.metadata must be a dict; got {type(meta).__name__}")
+            bad = [k for k in meta if not isinstance(k, str)]
+            if bad:
+                raise ValueError(f"{where}.metadata keys must be strings; got {bad[:3]!r}")
+            try:
+                meta_json = json.dumps(meta, allow_nan=False, ensure_ascii=False)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{where}.metadata must be JSON-serialisable (finite numbers, "
+                                 f"strings, lists, dicts): {exc}") from None
+            tokens, n_tok = self._encode_matrix(f"{where}.tokens", rec.tokens, self._token_np)
+            chunks, n_chunk = self._encode_matrix(f"{where}.chunks", rec.chunks, np.float32)
+            rows.append((rec.id, rec.text, meta_json, vec.tobytes(), tokens, n_tok, chunks,
+                         n_chunk))
+        return rows
+
+    def _encode_matrix(self, name: str, x, dtype) -> tuple[bytes | None, int | None]:
+        if x is None:
+            return None, None
+        arr = as_float32(name, x, (2,))
+        if arr.shape[1] != self.dim:
+            raise ValueError(f"{name} must have shape (n, {self.dim}); got {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
+        with np.errstate(over="ignore"):
+            stored = arr.astype(dtype)
+        if not np.isfinite(stored).all():
+            raise ValueError(f"{name} holds values beyond the {np.dtype(dtype).name} range the "
+                             "store keeps them in (normalise the token vectors)")
+        return stored.tobytes(), arr.shape[0]
+
+    def _decode(self, row) -> Record:
+        rid, text, meta, vec, tok, n_tok, chunks, n_chunk = row
+        tokens = None
+        if tok is not None:
+            tokens = np.frombuffer(tok, dtype=self._token_np).reshape(n_tok, self.dim) \
+                .astype(np.float32)
+        if chunks is not None:
+            chunks = np.frombuffer(chunks, dtype=np.float32).reshape(n_chunk, self.dim).copy()
+        return Record(id=rid, vector=np.frombuffer(vec, dtype=np.float32).copy(), text=text,
+                      metadata=json.loads(meta), tokens=tokens, chunks=chunks)
+
+    # ---------------------------------------------------------------- API
+    def put(self, records: Iterable[Record]) -> int:
+        """Upsert ``records`` in one transaction (all validated first: nothing is written if any
+        is invalid) and return the batch's write sequence number (0 for an empty batch)."""
+        rows = self._encode(records)
+        if not rows:
+            return 0
+        now = time.time()
+        with self._write() as conn:
+            seq = self._next_seq(conn)
+            self._write_rows(conn, (row + (seq, now) for row in rows))
+        return seq
+
+    def get(self, ids: Sequence[str]) -> list[Record | None]:
+        ids = _as_ids("ids", ids)
+        if not ids:
+            return []
+        with self._lock:
+            rows = self.conn.execute(f"{_SELECT} WHERE {_IN_IDS}", (json.dumps(ids),)).fetchall()
+        found = {row[0]: row for row in rows}
+        return [self._decode(found[i]) if i in found else None for i in ids]
+
+    def delete(self, ids: Sequence[str]) -> int:
+        ids = _as_ids("ids", ids)
+        if not ids:
+            return 0
+        with self._write() as conn:
+            n = conn.execute(f"DELETE FROM documents WHERE {_IN_IDS}",
+                             (json.dumps(ids),)).rowcount
+            if n:
+                self._next_seq(conn)
+        return n
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self.conn.execute("SELECT count(*) FROM documents").fetchone()[0])
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __contains__(self, id) -> bool:
+        with self._lock:
+            return self.conn.execute("SELECT 1 FROM documents WHERE id = ?",
+                                     (id,)).fetchone() is not None
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self.conn.execute("SELECT id FROM documents ORDER BY rowid")]
+
+    def _column(self, ids, column: str) -> list:
+        ids = _as_ids("ids", ids)
+        if not ids:
+            return []
+        with self._lock:
+            rows = self.conn.execute(
+                f"SELECT id, {column}, token_count FROM documents WHERE {_IN_IDS}",
+                (json.dumps(ids),)).fetchall()
+        found = {r[0]: r[1:] for r in rows}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(f"{len(missing)} id(s) are not stored: {missing[:5]!r}")
+        return [found[i] for i in ids]
+
+    def vectors(self, ids: Sequence[str]) -> np.ndarray:
+        blobs = self._column(ids, "vector")
+        if not blobs:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.frombuffer(b"".join(b for b, _ in blobs), dtype=np.float32) \
+            .reshape(len(blobs), self.dim).copy()
+
+    def token_vectors(self, ids: Sequence[str]) -> list[np.ndarray | None]:
+        return [None if b is None else
+                np.frombuffer(b, dtype=self._token_np).reshape(n, self.dim).astype(np.float32)
+                for b, n in self._column(ids, "tokens")]
+
+    @property
+    def write_seq(self) -> int:
+        """The sequence number of the last committed write (put or delete), from any process."""
+        with self._lock:
+            return int(self.conn.execute(
+                "SELECT value FROM meta WHERE key = 'write_seq'").fetchone()[0])
+
+    def changes_since(self, seq: int) -> tuple[list[str], int]:
+        """The ids written (put) after write ``seq``, and the current write sequence number — one
+        consistent snapshot. Deleted ids are not listed (compare id sets for those)."""
+        with self._read() as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM documents WHERE seq > ?",
+                                              (int(seq),))]
+            now = int(conn.execute("SELECT value FROM meta WHERE key = 'write_seq'").fetchone()[0])
+        return ids, now
+
+    def get_meta(self, key: str) -> str | None:
+        """A value from the ``meta`` table (``None`` when unset)."""
+        with self._lock:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Record ``key = value`` in the ``meta`` table (the store's own keys are refused)."""
+        if not isinstance(key, str) or not key or key in _RESERVED_META:
+            raise ValueError(f"key must be a non-empty string other than {sorted(_RESERVED_META)}; "
+                             f"got {key!r}")
+        with self._write() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                         "SET value = excluded.value", (key, str(value)))
+
+    def resolve_filter(self, filter: dict | None) -> set[str] | None:
+        """The ids whose metadata match ``filter``; ``None`` (no restriction) for ``None`` or
+        ``{}``.
+
+        ``{"field": value}`` matches documents whose metadata ``field`` equals ``value`` (same JSON
+        type; 1 and 1.0 are equal; a field holding a list matches when the list contains
+        ``value``); ``{"field": {"$in": [v1, v2, ...]}}`` matches any of the values; several fields
+        must all match. Field names are literal top-level metadata keys. Values are strings,
+        numbers, booleans or null. Evaluated in SQL (``json_each``/``json_type``).
+        """
+        if filter is None:
+            return None
+        if not isinstance(filter, dict):
+            raise ValueError("filter must be a dict such as {'field': value} or "
+                             f"{{'field': {{'$in': [...]}}}}; got {type(filter).__name__}")
+        if not filter:
+            return None
+        clauses, params = [], []
+        for field, cond in filter.items():
+            if not isinstance(field, str) or not field:
+                raise ValueError(f"filter field names must be non-empty strings; got {field!r}")
+            if field.startswith("$"):
+                raise ValueError(f"filter operator {field!r} is not supported at the top level: "
+                                 "filters are {'field': value} or {'field': {'$in': [...]}}, "
+                                 "several fields meaning AND")
+            if '"' in field:
+                raise ValueError(f"filter field {field!r} must not contain a double quote")
+            if isinstance(cond, dict):
+                ops = list(cond)
+                if ops != ["$in"]:
+                    unknown = [o for o in ops if o != "$in"] or ops
+                    raise ValueError(f"filter[{field!r}] uses unknown operator(s) {unknown!r}: the "
+                                     "only operator is '$in' ({'field': {'$in': [...]}}), alone")
+                values = cond["$in"]
+                if not isinstance(values, (list, tuple)):
+                    raise ValueError(f"filter[{field!r}]['$in'] must be a list of values; got "
+                                     f"{type(values).__name__}")
+                values = list(values)
+                for j, v in enumerate(values):
+                    _check_scalar(f"filter[{field!r}]['$in'][{j}]", v)
+            elif isinstance(cond, (list, tuple)):
+                raise ValueError(f"filter[{field!r}] is a list: to match any of several values "
+                                 f"write {{{field!r}: {{'$in': [...]}}}}")
+            else:
+                _check_scalar(f"filter[{field!r}]", cond)
+                values = [cond]
+            if not values:
+                return set()
+            path = f'$."{field}"'
+            clauses.append(_FIELD_MATCH)
+            params += [path, json.dumps(values), path]
+        with self._lock:
+            rows = self.conn.execute(f"SELECT id FROM documents WHERE {' AND '.join(clauses)}",
+                                     params).fetchall()
+        return {r[0] for r in rows}
+
+    def info(self) -> dict:
+        """What this store is: backend, path, model, dim, documents, durability settings."""
+        with self._lock:
+            journal = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
+            sync = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(
+                self.conn.execute("PRAGMA synchronous").fetchone()[0])
+            return {"backend": self.backend, "path": self.path, "model_id": self.model_id,
+                    "dim": self.dim, "documents": self.count(), "schema_version": SCHEMA_VERSION,
+                    "journal_mode": journal, "synchronous": sync, "token_dtype": self.token_dtype}
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.count()} documents"
+        return f"SQLiteStore({self.path!r}, model_id={self.model_id!r}, dim={self.dim}, {state})"
