@@ -479,3 +479,27 @@ class SQLiteStore:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.count()} documents"
         return f"SQLiteStore({self.path!r}, model_id={self.model_id!r}, dim={self.dim}, {state})"
+
+
+def describe(path: str | os.PathLike) -> dict | None:
+    """What the store at ``path`` holds (documents, model, dim, schema, bytes on disk), read-only
+    and without knowing its model in advance; None when no store exists there."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+        with_tokens = conn.execute(
+            "SELECT count(*), coalesce(sum(length(tokens)), 0) FROM documents "
+            "WHERE tokens IS NOT NULL").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{path} is not a readable rerank store: {exc}") from None
+    finally:
+        conn.close()
+    return {"backend": "sqlite", "path": path, "documents": documents,
+            "model_id": meta.get("model_id"), "dim": int(meta.get("dim", 0)),
+            "schema_version": int(meta.get("schema_version", 0)), "bytes": os.path.getsize(path),
+            "documents_with_tokens": with_tokens[0],
+            "token_bytes_per_document": (with_tokens[1] / with_tokens[0]) if with_tokens[0] else 0}
