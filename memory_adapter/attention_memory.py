@@ -17,7 +17,13 @@ from .unified import UnifiedMemoryService
 
 class AttentionEnhancedMemory(UnifiedMemoryService):
     """``retrieve(query, k, filter=None)`` → top k after an attention rerank of
-    min(k·overfetch, cap) vector candidates; falls back to the vector order if reranking fails."""
+    min(k·overfetch, cap) vector candidates; falls back to the vector order if reranking fails.
+
+    Candidates carry the index's vectors only; texts and metadata are read from the store for the
+    final k. A subclass whose ``score`` needs the candidates' texts or metadata sets
+    ``candidate_documents = True`` (one store read of every candidate, ~0.5 ms for 30)."""
+
+    candidate_documents = False
 
     def __init__(self, *args, reranker: Reranker | None = None, overfetch: int = 3,
                  cap: int = 100, **kwargs):
@@ -28,15 +34,30 @@ class AttentionEnhancedMemory(UnifiedMemoryService):
     def retrieve(self, query, k: int, *, filter=None) -> RankedResults:
         """Top ``k`` documents for ``query`` (a vector, or text with an embedder)."""
         query_vector = self._embed_query(query)
-        return self.pipeline.run(query_vector, k, available=self.available(filter), filter=filter)
+        ranked = self.pipeline.run(query_vector, k, available=self.available(filter),
+                                   filter=filter)
+        if not self.candidate_documents:
+            self._attach_documents(ranked)
+        return ranked
+
+    def _attach_documents(self, ranked: RankedResults) -> None:
+        """Add text and metadata to the final results; drop any deleted since the search."""
+        records = self.document_store.get([r["corpus_id"] for r in ranked])
+        kept = []
+        for item, record in zip(ranked.results, records):
+            if record is not None:
+                item["text"], item["metadata"] = record.text, record.metadata
+                kept.append(item)
+        ranked.results = kept
 
     def candidates(self, query_vector: np.ndarray, n: int, filter=None):
         """Step 1: ``(Candidates, vector_scores)`` — the parent's ``search`` for exactly n."""
-        hits = self.search(query_vector, n, filter=filter)
+        hits = self.search(query_vector, n, filter=filter, documents=self.candidate_documents)
         cands = Candidates(vectors=np.stack([h["vector"] for h in hits]),
                            ids=[h["corpus_id"] for h in hits],
-                           texts=[h.get("text") for h in hits],
-                           metadata=[h.get("metadata") for h in hits])
+                           texts=[h["text"] for h in hits] if self.candidate_documents else None,
+                           metadata=([h["metadata"] for h in hits] if self.candidate_documents
+                                     else None))
         return cands, np.array([h["score"] for h in hits], dtype=np.float32)
 
     def rerank(self, query_vector: np.ndarray, candidates: Candidates, k: int) -> RankedResults:

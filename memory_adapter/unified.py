@@ -1,8 +1,8 @@
 """``UnifiedMemoryService``: documents in a store (the source of truth) + a candidate index.
 
 Writes go to the :class:`~memory_adapter.interfaces.DocumentStore` first, in one transaction per
-batch, then to the candidate source (the HNSW index), which is saved atomically after every write
-batch (``autosave=True``) and on :meth:`~UnifiedMemoryService.close`. A crash can therefore leave
+batch, then to the candidate source (the HNSW index), which is saved atomically after a write batch at
+most every ``autosave_seconds`` (``autosave=True``) and on :meth:`~UnifiedMemoryService.close`. A crash can therefore leave
 the index behind the store, never the other way round that matters: on open (and on demand,
 :meth:`~UnifiedMemoryService.sync_index`) the index is compared with the store and repaired —
 rebuilt when its file is missing, corrupt or built for another model/dimension/space; patched when
@@ -86,8 +86,9 @@ class UnifiedMemoryService:
     (``rerank.retrieval.HNSWIndex``; ``None`` → a new cosine index for the store's model).
     ``embedder``: optional object with ``model_id``, ``dim``, ``embed(texts)`` (and
     ``embed_tokens(texts)``); its model and dimension must be the store's. ``index_path``: where the
-    index is saved (``None``: not persisted). ``autosave``: save the index after every write batch
-    (atomic; turn it off for bulk loads and call :meth:`save_index` at the end). ``store_tokens``:
+    index is saved (``None``: not persisted). ``autosave``: save the index after a write batch
+    when the last save is ``autosave_seconds`` old or more (0: after every batch; atomic; the
+    store is the source of truth, so a crash only costs the catch-up on the next open). ``store_tokens``:
     embed and keep the token vectors of every stored text that comes without them, for
     late-interaction rerank (default: when the embedder has ``embed_tokens``). ``sync``: compare
     the index with the store now and repair it.
@@ -99,6 +100,7 @@ class UnifiedMemoryService:
 
     def __init__(self, document_store, candidate_source=None, embedder=None, *,
                  index_path: str | os.PathLike | None = None, autosave: bool = True,
+                 autosave_seconds: float = 30.0,
                  store_tokens: bool | None = None, sync: bool = True):
         self.document_store = document_store
         self.embedder = embedder
@@ -114,6 +116,8 @@ class UnifiedMemoryService:
         self.store_tokens = bool(store_tokens)
         self.index_path = None if index_path is None else os.fspath(index_path)
         self.autosave = bool(autosave)
+        self.autosave_seconds = float(autosave_seconds)
+        self._saved_at = time.monotonic()
         self._lock = ReadWriteLock()          # searches: read; writes and repairs: write
         self._save_lock = threading.Lock()    # one index save at a time
         self._closed = False
@@ -429,11 +433,14 @@ class UnifiedMemoryService:
         allowed = self.document_store.resolve_filter(filter)
         return self.document_store.count() if allowed is None else len(allowed)
 
-    def search(self, query, k: int, filter: dict | None = None) -> list[dict]:
+    def search(self, query, k: int, filter: dict | None = None, *,
+               documents: bool = True) -> list[dict]:
         """The ``k`` nearest documents to ``query`` (a ``(d,)`` vector, or text with an
         embedder), best first, among those matching ``filter`` (``{"field": value}`` or
         ``{"field": {"$in": [...]}}``): dicts ``{"corpus_id", "score", "text", "metadata",
-        "vector"}`` (score: similarity, higher is better; vector: as stored).
+        "vector"}`` (score: similarity, higher is better; vector: as stored). With
+        ``documents=False`` only ``corpus_id``, ``score`` and the index's ``vector`` come back
+        (no store read: what a reranker needs, about 0.5 ms less for 30 hits).
 
         Exactly ``k`` candidates are asked of the index (no over-fetch); ``ValueError`` when
         fewer than ``k`` documents match, saying how many do."""
@@ -453,6 +460,9 @@ class UnifiedMemoryService:
                                  f"{available}")
             found = self.candidate_source.search(q, k, allowed=allowed)
             ids, scores = found.ids[0], found.scores[0]
+            if not documents:
+                return [{"corpus_id": i, "score": float(s), "vector": v}
+                        for i, s, v in zip(ids, scores, found.vectors[0])]
             records = store.get(ids)
         # a record missing here was deleted by another process after our last sync: never return it
         return [{"corpus_id": rec.id, "score": float(score), "text": rec.text,
@@ -566,6 +576,7 @@ class UnifiedMemoryService:
         with self._save_lock:
             seq, writes = self._index_seq, self._writes   # the index holds at least these
             self.candidate_source.save(self.index_path)
+            self._saved_at = time.monotonic()
             if seq >= 0:
                 self.document_store.set_meta(self._seq_key, str(seq))
             if self._writes == writes:
@@ -573,7 +584,8 @@ class UnifiedMemoryService:
         return True
 
     def _autosave(self) -> None:
-        if self.autosave and self._dirty:
+        if (self.autosave and self._dirty
+                and time.monotonic() - self._saved_at >= self.autosave_seconds):
             self.save_index()
 
     # ---------------------------------------------------------------- status, lifetime

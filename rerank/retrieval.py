@@ -288,8 +288,9 @@ class HNSWIndex:
         return _State(self._new_hnsw(capacity), np.empty((capacity, self.dim), np.float32),
                       {}, [], 0)
 
-    def _vectors_arg(self, vectors, rows: int | None) -> np.ndarray:
-        """``vectors`` as (rows, dim) float32, finite, normalised in cosine space."""
+    def _vectors_arg(self, vectors, rows: int | None, normalise: bool = True) -> np.ndarray:
+        """``vectors`` as (rows, dim) float32, finite, normalised in cosine space (queries need
+        not be: hnswlib normalises them itself)."""
         x = as_float32("vectors", vectors, (1, 2))
         if x.ndim == 1:
             x = x[None, :]
@@ -300,7 +301,7 @@ class HNSWIndex:
             raise ValueError(f"vectors has {x.shape[0]} rows but {rows} ids were given")
         if not np.isfinite(x).all():
             raise ValueError("vectors contains NaN or Inf values")
-        if self.space == "cosine":
+        if self.space == "cosine" and normalise:
             norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
             zero = np.flatnonzero(norms == 0)
             if zero.size:
@@ -445,7 +446,11 @@ class HNSWIndex:
         ``allowed``: when given, only these ids can be returned (ids not in the index are
         ignored). ``ValueError`` when ``n < 1`` or fewer than ``n`` (allowed) items exist."""
         n = positive_int("n", n)
-        q = self._vectors_arg(vectors, None)
+        q = self._vectors_arg(vectors, None, normalise=False)
+        if self.space == "cosine":
+            norms = np.sqrt(np.einsum("ij,ij->i", q, q))
+            if not norms.all():
+                raise ValueError("vectors has a row of all zeros: cosine similarity is undefined")
         m = q.shape[0]
         allowed_ids = None if allowed is None else _id_list("allowed", allowed, unique=False)
         with self._lock.read():
@@ -462,16 +467,18 @@ class HNSWIndex:
                 what = "allowed items" if allowed is not None else "items"
                 raise ValueError(f"n = {n} candidates requested but only {available} {what} "
                                  "are in the index")
-            labels = None
+            labels = distances = None
             if pool is None or available > self.exact_search_limit:
                 threads = 1 if (m == 1 or pool is not None) else self.num_threads
                 try:
-                    labels, _ = st.index.knn_query(
+                    labels, distances = st.index.knn_query(
                         q, k=n, num_threads=threads,
                         filter=None if pool is None else pool.__contains__)
                 except RuntimeError:  # the graph walk reached fewer than n live items
                     labels = None
             if labels is None:
+                if self.space == "cosine":
+                    q = (q / norms[:, None]).astype(np.float32)
                 rows = (np.fromiter(st.id_to_label.values(), np.int64, available)
                         if pool is None else np.fromiter(pool, np.int64, available))
                 labels = self._exact(st.vectors, rows, q, n)
@@ -479,9 +486,12 @@ class HNSWIndex:
             cand = st.vectors[labels]                       # (m, n, d), a copy
             label_ids = st.label_ids
             ids = [[label_ids[l] for l in row] for row in labels.tolist()]
+        if distances is not None:   # hnswlib's distances, best first: 1 − cos, 1 − dot, ‖·‖²
+            scores = -distances if self.space == "l2" else 1.0 - distances
+            return SearchResult(ids=ids, scores=scores.astype(np.float32, copy=False), vectors=cand)
         scores = self._scores(q, cand)
         order = np.argsort(-scores, axis=1, kind="stable")
-        if (order != np.arange(n)).any():   # hnswlib's float32 distances may tie-break otherwise
+        if (order != np.arange(n)).any():
             scores = np.take_along_axis(scores, order, axis=1)
             cand = np.take_along_axis(cand, order[:, :, None], axis=1)
             ids = [[row[j] for j in o] for row, o in zip(ids, order.tolist())]

@@ -37,9 +37,9 @@ def test_retrieve_asks_search_for_k_times_overfetch(tmp_path, rng):
     asked = []
 
     class Spy(AttentionEnhancedMemory):
-        def search(self, query, k, filter=None):
+        def search(self, query, k, filter=None, **kw):
             asked.append(k)
-            return super().search(query, k, filter=filter)
+            return super().search(query, k, filter=filter, **kw)
 
     with Spy.open(tmp_path / "s.db", dim=8, model_id="m", overfetch=4, cap=10) as mem:
         mem.store([{"id": str(i), "vector": v} for i, v in enumerate(f32(rng, 30, 8))])
@@ -58,6 +58,8 @@ def test_retrieve_with_filter_and_limits(memory, rng):
 
 class RecencyMemory(AttentionEnhancedMemory):
     """A subclass that overrides only the scoring step: attention score plus a recency bonus."""
+
+    candidate_documents = True
 
     def score(self, query_vector, candidates):
         base = super().score(query_vector, candidates)

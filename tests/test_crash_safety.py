@@ -48,7 +48,7 @@ def block(message):
     os._exit(3)   # never reached: the parent kills us
 
 x1, x2 = vecs(N1, 1), vecs(N2 + N_UPDATED, 2)
-svc = UnifiedMemoryService.open(db, dim=D, model_id=MODEL)
+svc = UnifiedMemoryService.open(db, dim=D, model_id=MODEL, autosave_seconds=0)
 svc.store([Record(f"b1-{i}", x1[i], text=f"one {i}", metadata={"batch": 1}) for i in range(N1)])
 print("COMMITTED", flush=True)
 

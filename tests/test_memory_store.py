@@ -69,6 +69,7 @@ def db(tmp_path):
 def open_service(db, **kw):
     kw.setdefault("dim", D)
     kw.setdefault("model_id", MODEL)
+    kw.setdefault("autosave_seconds", 0)   # these tests check the index file after every batch
     return UnifiedMemoryService.open(db, **kw)
 
 
@@ -660,3 +661,22 @@ def test_subclass_contract(db):
         assert svc.token_vectors(["a"])[0].shape == (2, D)
     import memory_adapter
     assert issubclass(memory_adapter.AttentionEnhancedMemory, UnifiedMemoryService)
+
+
+def test_throttled_autosave_catches_up_on_open(db):
+    """With the default throttle a batch may not be saved to the index file; the store is the
+    source of truth, so reopening catches the index up and every document is findable."""
+    x = vecs(40, 7)
+    with open_service(db, autosave_seconds=3600) as svc:
+        svc.store([{"id": "first", "vector": x[0]}])
+        svc.save_index()
+        svc.store([{"id": f"d{i}", "vector": x[i]} for i in range(1, 40)])
+        assert HNSWIndex.load(svc.index_path).count == 1      # not saved: throttled
+        path = svc.index_path
+        svc._closed = True                                     # simulate a crash: no save on close
+        svc.document_store.close()
+    with open_service(db) as svc:
+        assert svc.count() == 40 and svc.candidate_source.count == 40
+        for i in range(40):
+            assert svc.search(x[i], 1)[0]["corpus_id"] == ("first" if i == 0 else f"d{i}")
+    assert os.path.exists(path)
