@@ -28,6 +28,7 @@ test: build
 
 bench: build
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/bench_kernels.py
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/bench_retrieval.py
 
 clean:
 	rm -rf build dist *.egg-info rerank/_kernels.c rerank/_kernels*.so
