@@ -429,9 +429,14 @@ class UnifiedMemoryService:
         return isinstance(id, str) and self.document_store.get([id])[0] is not None
 
     def available(self, filter=None) -> int:
-        """How many documents a search with ``filter`` can return."""
-        allowed = self.document_store.resolve_filter(filter)
-        return self.document_store.count() if allowed is None else len(allowed)
+        """How many documents a search with ``filter`` can return (without a filter: the
+        index's count, which sync keeps equal to the store's; SQLite's count(*) scans the table,
+        0.3 ms at 100k documents)."""
+        if filter is None:
+            if self._needs_sync:
+                self.sync_index()
+            return self.candidate_source.count
+        return len(self.document_store.resolve_filter(filter))
 
     def search(self, query, k: int, filter: dict | None = None, *,
                documents: bool = True) -> list[dict]:
