@@ -42,11 +42,11 @@ class AttentionEnhancedMemory(UnifiedMemoryService):
 
     def _attach_documents(self, ranked: RankedResults) -> None:
         """Add text and metadata to the final results; drop any deleted since the search."""
-        records = self.document_store.get([r["corpus_id"] for r in ranked])
+        documents = self.document_store.documents([r["corpus_id"] for r in ranked])
         kept = []
-        for item, record in zip(ranked.results, records):
-            if record is not None:
-                item["text"], item["metadata"] = record.text, record.metadata
+        for item, document in zip(ranked.results, documents):
+            if document is not None:
+                item["text"], item["metadata"] = document
                 kept.append(item)
         ranked.results = kept
 

@@ -78,6 +78,10 @@ class DocumentStore(Protocol):
     def get(self, ids: Sequence[str]) -> list[Record | None]:
         """The records of ``ids``, in order; ``None`` where an id is not stored."""
 
+    def documents(self, ids: Sequence[str]) -> list[tuple[str | None, dict] | None]:
+        """``(text, metadata)`` of ``ids``, in order (no vectors: what results show); ``None``
+        where an id is not stored."""
+
     def delete(self, ids: Sequence[str]) -> int:
         """Delete ``ids`` (in one transaction) and return how many were stored; unknown ids are
         ignored."""

@@ -310,6 +310,17 @@ class SQLiteStore:
         found = {row[0]: row for row in rows}
         return [self._decode(found[i]) if i in found else None for i in ids]
 
+    def documents(self, ids: Sequence[str]) -> list[tuple[str | None, dict] | None]:
+        """``(text, metadata)`` of ``ids`` in order, ``None`` where not stored (no blobs read)."""
+        ids = _as_ids("ids", ids)
+        if not ids:
+            return []
+        with self._lock:
+            rows = self.conn.execute(f"SELECT id, text, metadata FROM documents WHERE {_IN_IDS}",
+                                     (json.dumps(ids),)).fetchall()
+        found = {row[0]: (row[1], json.loads(row[2])) for row in rows}
+        return [found.get(i) for i in ids]
+
     def delete(self, ids: Sequence[str]) -> int:
         ids = _as_ids("ids", ids)
         if not ids:

@@ -112,6 +112,8 @@ def test_put_get_round_trip(store):
     np.testing.assert_array_equal(got_a.chunks, chunks)
     assert got_b.text is None and got_b.metadata == {} and got_b.tokens is None
     assert store.get([]) == []
+    assert store.documents(["b", "missing", "a"]) == [(None, {}), None, ("héllo", rec.metadata)]
+    assert store.documents([]) == []
 
 
 def test_count_ids_vectors_delete(store):
