@@ -397,9 +397,13 @@ def section_latency(args, data) -> dict:
         contenders += [
             ("service.search k=30, documents=False (no store read)",
              lambda q: svc.search(q, CANDIDATES, documents=False), "search"),
-            ("document_store.get(10 ids) (SQLite read)",
-             lambda q: store.get(fixed_ids[id(q)][:TOP_K]), "component"),
         ]
+        if callable(getattr(store, "documents", None)):   # what retrieve reads for the final k
+            contenders.append(("document_store.documents(10 ids) (text + metadata)",
+                               lambda q: store.documents(fixed_ids[id(q)][:TOP_K]), "component"))
+        else:
+            contenders.append(("document_store.get(10 ids) (SQLite read)",
+                               lambda q: store.get(fixed_ids[id(q)][:TOP_K]), "component"))
     contenders += [
         ("service.retrieve k=10 (AttentionEnhancedMemory)", lambda q: svc.retrieve(q, TOP_K),
          "search+rerank"),
@@ -647,7 +651,8 @@ def markdown(report: dict) -> str:
         rr = by["Reranker.rank 30 → top 10 (candidates given)"]
         retrieve = by["service.retrieve k=10 (AttentionEnhancedMemory)"]
         lean = by.get("service.search k=30, documents=False (no store read)")
-        get10 = by.get("document_store.get(10 ids) (SQLite read)")
+        get10 = by.get("document_store.documents(10 ids) (text + metadata)",
+                       by.get("document_store.get(10 ids) (SQLite read)"))
         if lean is not None:       # retrieve = search without documents + rerank + read of k
             ssearch, get, get_what = lean, get10, "SQLite read of the final 10 documents"
             search_what = "the rest of service.search(documents=False)"
@@ -664,7 +669,7 @@ def markdown(report: dict) -> str:
         if lean is not None:
             parts += [f"{search_what} {fmt_ms(ssearch - search)}", f"rerank {fmt_ms(rr)}",
                       f"{get_what} {fmt_ms(get)}",
-                      f"the rest of retrieve (candidate records, pipeline, count) "
+                      f"the rest of retrieve (candidate records, pipeline, available count) "
                       f"{fmt_ms(retrieve - ssearch - rr - get)}"]
         else:
             parts += [f"{get_what} {fmt_ms(get)}",

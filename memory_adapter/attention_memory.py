@@ -6,6 +6,8 @@ Subclasses override one step: ``candidates`` (what to fetch), ``rerank`` (how to
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from rerank import backend
@@ -37,7 +39,11 @@ class AttentionEnhancedMemory(UnifiedMemoryService):
         ranked = self.pipeline.run(query_vector, k, available=self.available(filter),
                                    filter=filter)
         if not self.candidate_documents:
+            start = time.perf_counter()
             self._attach_documents(ranked)
+            ms = (time.perf_counter() - start) * 1e3
+            ranked.timings_ms["documents"] = ms
+            ranked.timings_ms["total"] += ms
         return ranked
 
     def _attach_documents(self, ranked: RankedResults) -> None:

@@ -29,7 +29,7 @@ def test_retrieve_reranks_search_candidates(memory, rng):
     order = np.argsort(-expected, kind="stable")[:5]
     assert res.ids == [hits[i]["corpus_id"] for i in order]
     assert res.mechanism == "memory-attention" and res.fallback is None
-    assert {"retrieve", "rerank", "total"} <= set(res.timings_ms)
+    assert {"retrieve", "rerank", "documents", "total"} <= set(res.timings_ms)
     assert all(r["text"] == "text " + r["corpus_id"][3:] for r in res)
 
 
