@@ -1,13 +1,16 @@
-"""A first run of rerank: which backend is active, exact attention, and the three rerank scorers.
+"""A first run of rerank: which backend is active, exact attention, the rerank scorers, and the
+memory service on the embedded SQLite default.
 
 Vectors here are synthetic (the text demo arrives with the embeddings adapter): 300 memory slots
 around 10 topics; a query near one topic must rank that topic's slots first.
 """
+import tempfile
 import time
 
 import numpy as np
 
 import rerank
+from memory_adapter import AttentionEnhancedMemory
 from rerank import registry
 
 rng = np.random.default_rng(7)
@@ -50,3 +53,17 @@ out = rerank.attention(q, q, q, causal=True)
 elapsed = time.perf_counter() - start
 error = np.abs(out - rerank.reference.attention(q, q, q, causal=True)).max()
 print(f"causal attention 8×1024×64: {elapsed * 1e3:.1f} ms, max |error| vs numpy {error:.1e}")
+
+# the memory service on the embedded SQLite default: store the 300 slots, retrieve with rerank
+
+with tempfile.TemporaryDirectory() as tmp, \
+        AttentionEnhancedMemory.open(f"{tmp}/memory.db", dim=384, model_id="demo-synthetic",
+                                     reranker=rerank.Reranker("memory-attention", heads=4)) as mem:
+    mem.store([{"id": f"slot-{i}", "vector": memory[i], "text": f"slot {i} of topic {labels[i]}",
+                "metadata": {"topic": int(labels[i])}} for i in range(len(memory))])
+    result = mem.retrieve(query, k=5)
+    print(f"memory.retrieve top 5 ({result.mechanism}, {result.backend}, "
+          f"{result.timings_ms['total']:.2f} ms): {[r['text'] for r in result]}")
+    odd = mem.retrieve(query, k=3, filter={"topic": {"$in": [1, 5]}})
+    print(f"with filter topic ∈ {{1, 5}}: {[r['text'] for r in odd]}")
+    print(f"store: {mem.status()['documents']} documents in {mem.status()['path']}")
