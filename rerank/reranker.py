@@ -57,13 +57,6 @@ class Candidates:
         offsets = self.token_offsets if self.tokens is not None else self.chunk_offsets
         return len(offsets) - 1
 
-    def take(self, order) -> "Candidates":
-        """Pooled vectors and labels of the candidates at ``order`` (token/chunk data dropped)."""
-        pick = lambda seq: None if seq is None else [seq[i] for i in order]  # noqa: E731
-        return Candidates(vectors=None if self.vectors is None else self.vectors[order],
-                          ids=pick(self.ids), texts=pick(self.texts),
-                          metadata=pick(self.metadata))
-
 
 class RankedResults(Sequence):
     """Ranked candidates, best first: each a dict ``{"corpus_id", "score", "text"?, "metadata"?}``

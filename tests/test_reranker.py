@@ -31,6 +31,8 @@ def test_rank_batch_and_async_agree_with_rank(backend_name, rng):
     single = [r.rank(q, c, top_k=7) for q, c in zip(queries, sets)]
     batch = r.rank_batch(queries, sets, top_k=7)
     asynced = [asyncio.run(r.rank_async(q, c, top_k=7)) for q, c in zip(queries, sets)]
+    assert [x.ids for x in asyncio.run(r.rank_batch_async(queries, sets, top_k=7))] == \
+        [x.ids for x in batch]
     for a, b, c in zip(single, batch, asynced):
         assert a.ids == b.ids == c.ids
         np.testing.assert_allclose([x["score"] for x in a], [x["score"] for x in b], rtol=1e-5)
