@@ -7,6 +7,7 @@ Subclasses override one step: ``candidates`` (what to fetch), ``rerank`` (how to
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,6 +16,13 @@ from rerank.pipeline import Pipeline
 from rerank.reranker import Candidates, RankedResults, Reranker, results_in_order
 
 from .unified import UnifiedMemoryService
+
+
+@dataclass(frozen=True)
+class MemoryQuery:
+    """A query as the retrieve steps see it: its vector (d,) and, for text, its token vectors."""
+    vector: np.ndarray
+    tokens: np.ndarray | None = None
 
 
 class AttentionEnhancedMemory(UnifiedMemoryService):
@@ -30,13 +38,22 @@ class AttentionEnhancedMemory(UnifiedMemoryService):
     def __init__(self, *args, reranker: Reranker | None = None, overfetch: int = 3,
                  cap: int = 100, **kwargs):
         super().__init__(*args, **kwargs)
-        self.reranker = reranker or Reranker("memory-attention")
+        self.reranker = reranker or Reranker()
         self.pipeline = Pipeline(self.candidates, self.rerank, overfetch=overfetch, cap=cap)
 
+    def query(self, query) -> MemoryQuery:
+        """The query as its vector and, for text when token vectors are stored, its tokens."""
+        vector = self._embed_query(query)
+        tokens = None
+        if isinstance(query, str) and self.store_tokens:
+            tokens = self.embedder.embed_tokens([query])[0]
+        return MemoryQuery(vector, tokens)
+
     def retrieve(self, query, k: int, *, filter=None) -> RankedResults:
-        """Top ``k`` documents for ``query`` (a vector, or text with an embedder)."""
-        query_vector = self._embed_query(query)
-        ranked = self.pipeline.run(query_vector, k, available=self.available(filter),
+        """Top ``k`` documents for ``query`` (a vector, or text with an embedder). Text queries
+        over stored token vectors rerank by late interaction (cross-attention), z-mixed with the
+        vector scores; otherwise memory-attention reranks the pooled vectors."""
+        ranked = self.pipeline.run(self.query(query), k, available=self.available(filter),
                                    filter=filter)
         if not self.candidate_documents:
             start = time.perf_counter()
@@ -56,24 +73,36 @@ class AttentionEnhancedMemory(UnifiedMemoryService):
                 kept.append(item)
         ranked.results = kept
 
-    def candidates(self, query_vector: np.ndarray, n: int, filter=None):
-        """Step 1: ``(Candidates, vector_scores)`` — the parent's ``search`` for exactly n."""
-        hits = self.search(query_vector, n, filter=filter, documents=self.candidate_documents)
-        cands = Candidates(vectors=np.stack([h["vector"] for h in hits]),
-                           ids=[h["corpus_id"] for h in hits],
+    def candidates(self, query: MemoryQuery, n: int, filter=None):
+        """Step 1: ``(Candidates, vector_scores)`` — the parent's ``search`` for exactly n, with
+        the candidates' stored token vectors when the query has tokens."""
+        hits = self.search(query.vector, n, filter=filter, documents=self.candidate_documents)
+        ids = [h["corpus_id"] for h in hits]
+        scores = np.array([h["score"] for h in hits], dtype=np.float32)
+        tokens = offsets = None
+        if query.tokens is not None:
+            stored = self.token_vectors(ids)
+            if all(t is not None for t in stored):
+                tokens = np.concatenate(stored)
+                offsets = np.concatenate([[0], np.cumsum([len(t) for t in stored])])
+        cands = Candidates(vectors=np.stack([h["vector"] for h in hits]), ids=ids,
                            texts=[h["text"] for h in hits] if self.candidate_documents else None,
                            metadata=([h["metadata"] for h in hits] if self.candidate_documents
-                                     else None))
-        return cands, np.array([h["score"] for h in hits], dtype=np.float32)
+                                     else None),
+                           tokens=tokens, token_offsets=offsets, dense=scores)
+        return cands, scores
 
-    def rerank(self, query_vector: np.ndarray, candidates: Candidates, k: int) -> RankedResults:
+    def rerank(self, query: MemoryQuery, candidates: Candidates, k: int) -> RankedResults:
         """Step 2: order the candidates by ``score`` and keep the best k."""
-        scores = self.score(query_vector, candidates)
+        scores = self.score(query, candidates)
         order = np.argsort(-scores, kind="stable")[:k]
         return RankedResults(results_in_order(candidates, order, scores),
                              mechanism=self.reranker.mechanism_for(candidates),
                              backend=backend.active())
 
-    def score(self, query_vector: np.ndarray, candidates: Candidates) -> np.ndarray:
-        """Step 3: one score per candidate (the reranker's scorer)."""
-        return self.reranker.score(query_vector, candidates)
+    def score(self, query: MemoryQuery, candidates: Candidates) -> np.ndarray:
+        """Step 3: one score per candidate (the reranker's scorer: late interaction when both
+        sides have token vectors, else memory-attention over the pooled vectors)."""
+        if candidates.tokens is not None and query.tokens is not None:
+            return self.reranker.score(query.tokens, candidates)
+        return self.reranker.score(query.vector, candidates)

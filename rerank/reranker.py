@@ -24,8 +24,9 @@ SCORERS = ("memory-attention", "cross-attention", "hierarchical-cross-attention"
 @dataclass
 class Candidates:
     """A candidate set: pooled ``vectors`` (c, d) and, optionally, ``ids``, ``texts``, ``metadata``,
-    token vectors (``tokens`` (T, d) + ``token_offsets`` (c+1,)) and chunk vectors (``chunks``
-    (C, d) + ``chunk_offsets`` (c+1,))."""
+    token vectors (``tokens`` (T, d) + ``token_offsets`` (c+1,)), chunk vectors (``chunks``
+    (C, d) + ``chunk_offsets`` (c+1,)) and ``dense`` (c,): first-stage scores that late
+    interaction and hierarchical scoring mix with (default: cosine of query and ``vectors``)."""
     vectors: np.ndarray | None = None
     ids: Sequence | None = None
     texts: Sequence[str] | None = None
@@ -34,6 +35,7 @@ class Candidates:
     token_offsets: np.ndarray | None = None
     chunks: np.ndarray | None = None
     chunk_offsets: np.ndarray | None = None
+    dense: np.ndarray | None = None
 
     def __post_init__(self):
         if self.vectors is None and self.tokens is None and self.chunks is None:
@@ -188,8 +190,8 @@ class Reranker:
                 raise ValueError(f"query has dimension {query.vector.shape[0]} but candidates "
                                  f"have {cands.vectors.shape[1]}")
             return scorer.score(query.vector, cands.vectors)
-        dense = None
-        if cands.vectors is not None:
+        dense = cands.dense
+        if dense is None and cands.vectors is not None:
             if query.vector.shape[0] != cands.vectors.shape[1]:
                 raise ValueError(f"query has dimension {query.vector.shape[0]} but candidates "
                                  f"have {cands.vectors.shape[1]}")

@@ -61,8 +61,8 @@ class RecencyMemory(AttentionEnhancedMemory):
 
     candidate_documents = True
 
-    def score(self, query_vector, candidates):
-        base = super().score(query_vector, candidates)
+    def score(self, query, candidates):
+        base = super().score(query, candidates)
         age = np.array([m["age"] for m in candidates.metadata], dtype=np.float32)
         return base + 0.01 * age
 

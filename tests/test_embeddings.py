@@ -88,3 +88,31 @@ def test_text_rerank_and_text_memory(service, tmp_path):
     with AttentionEnhancedMemory.open(tmp_path / "t.db", embedder=service) as mem:
         mem.store([{"id": i, "text": t} for i, t in zip(["pw", "cat", "market"], docs)])
         assert mem.retrieve("a kitten on a rug", 1).ids == ["cat"]
+
+
+def test_text_retrieve_reranks_by_late_interaction(service, tmp_path):
+    """A text query over stored token vectors: late interaction z-mixed with the vector scores,
+    exactly as the cross-attention scorer computes it from the same inputs."""
+    from memory_adapter import AttentionEnhancedMemory
+    from rerank import reference
+
+    docs = [f"Document {i} about {topic}" for i, topic in enumerate(
+        ["passwords and accounts", "cats and mats", "stock markets", "password resets",
+         "sunny weather", "account security", "garden cats", "bond markets", "login help",
+         "weather forecasts", "user accounts", "market crashes"])]
+    query = "how do I reset my account password"
+    with AttentionEnhancedMemory.open(tmp_path / "li.db", embedder=service) as mem:
+        mem.store([{"id": f"d{i}", "text": t} for i, t in enumerate(docs)])
+        res = mem.retrieve(query, 3)                            # fetches 9 candidates
+        assert res.mechanism == "cross-attention"
+        hits = mem.search(query, 9)
+        ids = [h["corpus_id"] for h in hits]
+        stored = mem.token_vectors(ids)
+        offsets = np.concatenate([[0], np.cumsum([len(t) for t in stored])])
+        q_tokens, _ = service.embed_tokens([query])
+        final = reference.late_interaction_scores(
+            q_tokens, np.concatenate(stored), offsets,
+            dense=np.array([h["score"] for h in hits]))[0]
+        assert res.ids == [ids[i] for i in np.argsort(-final, kind="stable")[:3]]
+        vector_res = mem.retrieve(service.embed([query])[0], 3)  # a vector query: pooled rerank
+        assert vector_res.mechanism == "memory-attention"
