@@ -3,7 +3,8 @@
 
 Only loops live here. Callers (rerank.kernels) validate shapes, dtypes and contiguity, pick the
 thread count and hold BLAS to one thread; every entry point releases the GIL and returns the number
-of non-finite scores or outputs it met (0 = success), so the caller can raise a clear error.
+of non-finite scores or outputs it met (0 = success), or -1 when a scratch allocation failed, so
+the caller can raise a clear error.
 """
 cimport numpy as cnp
 from cython.parallel cimport prange, parallel
@@ -17,7 +18,6 @@ cnp.import_array()
 cdef extern from "_simd.h" nogil:
     float rr_dot(const float *a, const float *b, Py_ssize_t n)
     float rr_dot_norm(const float *a, const float *b, Py_ssize_t n, float *norm2)
-    float rr_sum(const float *x, Py_ssize_t n)
     float rr_max(const float *x, Py_ssize_t n)
     int rr_nonfinite(const float *x, Py_ssize_t n)
     float rr_exp(float x)
@@ -222,7 +222,7 @@ def attention(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out, obje
     if num_threads < 1:
         num_threads = 1
     cdef Py_ssize_t it
-    cdef int bad = 0, b, h, tile, row0, rows, blas_prev
+    cdef int bad = 0, oom = 0, b, h, tile, row0, rows, blas_prev
     cdef float *s
     cdef float *acc
     cdef float *rmax
@@ -234,6 +234,9 @@ def attention(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out, obje
         rmax = acc + <Py_ssize_t>block_q * dv
         rsum = rmax + block_q
         for it in prange(items, schedule="dynamic"):
+            if s == NULL:
+                oom += 1
+                continue
             tile = it % tiles
             h = (it // tiles) % H
             b = it // (<Py_ssize_t>tiles * H)
@@ -250,7 +253,7 @@ def attention(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out, obje
                 s, acc, rmax, rsum)
         free(s)
         _blas_threads_local(blas_setter, blas_prev)
-    return bad
+    return -1 if oom else bad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +316,7 @@ def memory_scores(cnp.ndarray queries, cnp.ndarray candidates, cnp.ndarray out, 
     cdef float *op = <float *>cnp.PyArray_DATA(out)
     cdef float inv_tau = 1.0 / tau
     cdef Py_ssize_t wsize = (<Py_ssize_t>heads + 1) * c + d, qi
-    cdef int bad = 0
+    cdef int bad = 0, oom = 0
     cdef float *work
     if num_threads > M:
         num_threads = M
@@ -321,17 +324,23 @@ def memory_scores(cnp.ndarray queries, cnp.ndarray candidates, cnp.ndarray out, 
         with nogil:
             work = <float *>malloc(wsize * sizeof(float))
             for qi in range(M):
+                if work == NULL:
+                    oom = 1
+                    break
                 bad += _memory_one(qp + qi * d, cp + qi * c * d, c, d, heads, inv_tau, alpha,
                                    op + qi * c, work)
             free(work)
-        return bad
+        return -1 if oom else bad
     with nogil, parallel(num_threads=num_threads):
         work = <float *>malloc(wsize * sizeof(float))
         for qi in prange(M, schedule="static"):
+            if work == NULL:
+                oom += 1
+                continue
             bad += _memory_one(qp + qi * d, cp + qi * c * d, c, d, heads, inv_tau, alpha,
                                op + qi * c, work)
         free(work)
-    return bad
+    return -1 if oom else bad
 
 
 def memory_scores_one(object query, object candidates, object heads, object tau, object alpha):
@@ -358,12 +367,16 @@ def memory_scores_one(object query, object candidates, object heads, object tau,
     dims[0] = c
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT32, 0)
     cdef float *work
-    cdef int bad
+    cdef int bad = -1
     with nogil:
         work = <float *>malloc(((<Py_ssize_t>h + 1) * c + d) * sizeof(float))
-        bad = _memory_one(<const float *>cnp.PyArray_DATA(qa), <const float *>cnp.PyArray_DATA(ca),
-                          <int>c, <int>d, h, 1.0 / t, a, <float *>cnp.PyArray_DATA(out), work)
+        if work != NULL:
+            bad = _memory_one(<const float *>cnp.PyArray_DATA(qa), <const float *>cnp.PyArray_DATA(ca),
+                              <int>c, <int>d, h, 1.0 / t, a, <float *>cnp.PyArray_DATA(out),
+                              work)
         free(work)
+    if bad < 0:
+        raise MemoryError(f"memory-attention could not allocate scratch for {c} candidates")
     if bad:
         raise FloatingPointError("memory-attention met NaN or Inf")
     return out
@@ -418,82 +431,86 @@ cdef int _late_one(const float *qtok, int t, const float *idf, const float *dtok
     cdef float *p = <float *>malloc(block_tokens * sizeof(float))
     cdef float inv_tau = 1.0 / tau if tau > 0.0 else 0.0
     cdef float *row
-    for r in range(t):
-        row = <float *>(qtok + <Py_ssize_t>r * d)
-        nrm = sqrt(rr_dot(row, row, d))
-        if not (nrm < INFINITY):
-            bad = 1
-        for j in range(d):
-            qn[<Py_ssize_t>r * d + j] = row[j] / nrm if nrm > 0.0 else 0.0
-        rr_axpy(qbar, qn + <Py_ssize_t>r * d, d, 1.0)
-        wsum = wsum + (idf[r] if idf != NULL else 1.0)
-    qbar_n = sqrt(rr_dot(qbar, qbar, d))
-    cand = c0
-    for r in range(t):
-        stat[r] = -INFINITY
-        stat[t + r] = 0.0
-        stat[2 * t + r] = 0.0
-    start = 0
-    while start < total and not bad:
-        cols = <int>(total - start) if total - start < block_tokens else block_tokens
-        for j in range(cols):
-            row = <float *>(dtok + (first + start + j) * d)
+    if (qn == NULL or qbar == NULL or dsum == NULL or inv_dn == NULL or s == NULL
+            or stat == NULL or p == NULL):
+        bad = -1                                 # out of memory: freed below, reported above
+    else:
+        for r in range(t):
+            row = <float *>(qtok + <Py_ssize_t>r * d)
             nrm = sqrt(rr_dot(row, row, d))
             if not (nrm < INFINITY):
                 bad = 1
-            inv_dn[j] = 1.0 / nrm if nrm > 0.0 else 0.0
-        if t <= SMALL_ROWS:
-            _small_abt(t, cols, d, 1.0, qn, dtok + (first + start) * d, s)
-        else:
-            _gemm_abt(t, cols, d, 1.0, qn, d, dtok + (first + start) * d, d, s, cols)
-        if rr_nonfinite(s, <Py_ssize_t>t * cols):
-            bad = 1
-            break
-        for r in range(t):                       # s[r, j] = q̂_r·d̂_j
-            for jj in range(cols):
-                s[<Py_ssize_t>r * cols + jj] *= inv_dn[jj]
-        j = 0
-        while j < cols:                          # walk the candidates overlapping this tile
-            stop = offs[cand + 1] - first - start
-            if stop > cols:
-                stop = cols
-            if not has_dense:                    # Σ_j d̂_ij for the pooled dense score
-                for jj in range(j, stop):
-                    rr_axpy(dsum, dtok + (first + start + jj) * d, d, inv_dn[jj])
-            for r in range(t):
-                row = s + <Py_ssize_t>r * cols + j
-                if tau <= 0.0:
-                    mx = rr_max(row, stop - j)
-                    if mx > stat[r]:
-                        stat[r] = mx
-                else:                            # online softmax over the candidate's tokens
-                    for jj in range(stop - j):
-                        p[jj] = row[jj] * inv_tau
-                    mx = rr_max(p, stop - j)
-                    if mx < stat[r]:
-                        mx = stat[r]
-                    e = rr_exp(stat[r] - mx)
-                    val = rr_exp_shift_sum(p, stop - j, mx)
-                    stat[t + r] = stat[t + r] * e + val
-                    stat[2 * t + r] = stat[2 * t + r] * e + rr_dot(p, row, stop - j)
-                    stat[r] = mx
-            j = stop
-            if offs[cand + 1] - first - start <= cols:     # candidate finished in this tile
-                val = 0.0
+            for j in range(d):
+                qn[<Py_ssize_t>r * d + j] = row[j] / nrm if nrm > 0.0 else 0.0
+            rr_axpy(qbar, qn + <Py_ssize_t>r * d, d, 1.0)
+            wsum = wsum + (idf[r] if idf != NULL else 1.0)
+        qbar_n = sqrt(rr_dot(qbar, qbar, d))
+        cand = c0
+        for r in range(t):
+            stat[r] = -INFINITY
+            stat[t + r] = 0.0
+            stat[2 * t + r] = 0.0
+        start = 0
+        while start < total and not bad:
+            cols = <int>(total - start) if total - start < block_tokens else block_tokens
+            for j in range(cols):
+                row = <float *>(dtok + (first + start + j) * d)
+                nrm = sqrt(rr_dot(row, row, d))
+                if not (nrm < INFINITY):
+                    bad = 1
+                inv_dn[j] = 1.0 / nrm if nrm > 0.0 else 0.0
+            if t <= SMALL_ROWS:
+                _small_abt(t, cols, d, 1.0, qn, dtok + (first + start) * d, s)
+            else:
+                _gemm_abt(t, cols, d, 1.0, qn, d, dtok + (first + start) * d, d, s, cols)
+            if rr_nonfinite(s, <Py_ssize_t>t * cols):
+                bad = 1
+                break
+            for r in range(t):                       # s[r, j] = q̂_r·d̂_j
+                for jj in range(cols):
+                    s[<Py_ssize_t>r * cols + jj] *= inv_dn[jj]
+            j = 0
+            while j < cols:                          # walk the candidates overlapping this tile
+                stop = offs[cand + 1] - first - start
+                if stop > cols:
+                    stop = cols
+                if not has_dense:                    # Σ_j d̂_ij for the pooled dense score
+                    for jj in range(j, stop):
+                        rr_axpy(dsum, dtok + (first + start + jj) * d, d, inv_dn[jj])
                 for r in range(t):
-                    mx = stat[r] if tau <= 0.0 else stat[2 * t + r] / stat[t + r]
-                    val = val + (idf[r] if idf != NULL else 1.0) * mx
-                    stat[r] = -INFINITY
-                    stat[t + r] = 0.0
-                    stat[2 * t + r] = 0.0
-                sim[cand] = val / wsum
-                if not has_dense:
-                    nrm = sqrt(rr_dot(dsum, dsum, d))
-                    out_dense[cand] = (rr_dot(dsum, qbar, d) / (nrm * qbar_n)
-                                       if nrm > 0.0 and qbar_n > 0.0 else 0.0)
-                    memset(dsum, 0, d * sizeof(float))
-                cand = cand + 1
-        start = start + cols
+                    row = s + <Py_ssize_t>r * cols + j
+                    if tau <= 0.0:
+                        mx = rr_max(row, stop - j)
+                        if mx > stat[r]:
+                            stat[r] = mx
+                    else:                            # online softmax over the candidate's tokens
+                        for jj in range(stop - j):
+                            p[jj] = row[jj] * inv_tau
+                        mx = rr_max(p, stop - j)
+                        if mx < stat[r]:
+                            mx = stat[r]
+                        e = rr_exp(stat[r] - mx)
+                        val = rr_exp_shift_sum(p, stop - j, mx)
+                        stat[t + r] = stat[t + r] * e + val
+                        stat[2 * t + r] = stat[2 * t + r] * e + rr_dot(p, row, stop - j)
+                        stat[r] = mx
+                j = stop
+                if offs[cand + 1] - first - start <= cols:     # candidate finished in this tile
+                    val = 0.0
+                    for r in range(t):
+                        mx = stat[r] if tau <= 0.0 else stat[2 * t + r] / stat[t + r]
+                        val = val + (idf[r] if idf != NULL else 1.0) * mx
+                        stat[r] = -INFINITY
+                        stat[t + r] = 0.0
+                        stat[2 * t + r] = 0.0
+                    sim[cand] = val / wsum
+                    if not has_dense:
+                        nrm = sqrt(rr_dot(dsum, dsum, d))
+                        out_dense[cand] = (rr_dot(dsum, qbar, d) / (nrm * qbar_n)
+                                           if nrm > 0.0 and qbar_n > 0.0 else 0.0)
+                        memset(dsum, 0, d * sizeof(float))
+                    cand = cand + 1
+            start = start + cols
     free(qn)
     free(qbar)
     free(dsum)
@@ -530,18 +547,25 @@ def late_interaction(cnp.ndarray qtok, cnp.ndarray q_off, object idf, cnp.ndarra
     cdef float *fp = <float *>cnp.PyArray_DATA(out_final)
     cdef float *sp = <float *>cnp.PyArray_DATA(out_sim)
     cdef float *ep = <float *>cnp.PyArray_DATA(out_dense)
-    cdef int bad = 0, threads = num_threads if num_threads < K else <int>K, blas_prev
+    cdef int bad = 0, oom = 0, one, threads = num_threads if num_threads < K else <int>K
+    cdef int blas_prev
     if threads < 1:
         threads = 1
     with nogil, parallel(num_threads=threads):
         blas_prev = _blas_threads_local(blas_setter, 1)
         for it in prange(K, schedule="dynamic"):
             qi = wk[3 * it]
-            bad += _late_one(qp + qo[qi] * d, <int>(qo[qi + 1] - qo[qi]),
+            one = _late_one(qp + qo[qi] * d, <int>(qo[qi + 1] - qo[qi]),
                              NULL if ip == NULL else ip + qo[qi], dp, do + qi * (c + 1),
                              <int>wk[3 * it + 1], <int>wk[3 * it + 2], d, tau, has_dense,
                              block_tokens, sp + qi * c, ep + qi * c)
+            if one < 0:
+                oom += 1
+            else:
+                bad += one
         _blas_threads_local(blas_setter, blas_prev)
+    if oom:
+        return -1
     if bad:
         return bad
     with nogil:

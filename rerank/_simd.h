@@ -69,17 +69,6 @@ static inline float rr_dot_norm(const float *a, const float *b, Py_ssize_t n, fl
     return s;
 }
 
-static inline float rr_sum(const float *x, Py_ssize_t n) {
-    float acc[RR_LANES] = {0};
-    Py_ssize_t j = 0;
-    for (; j + RR_LANES <= n; j += RR_LANES)
-        for (int l = 0; l < RR_LANES; ++l) acc[l] += x[j + l];
-    float s = 0.0f;
-    for (; j < n; ++j) s += x[j];
-    for (int l = 0; l < RR_LANES; ++l) s += acc[l];
-    return s;
-}
-
 typedef int32_t rr_v8i __attribute__((vector_size(32)));
 
 /* mask ? a : b, lane by lane (mask lanes are all ones or all zeros). */

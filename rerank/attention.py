@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from . import backend, reference
-from .validation import as_float32, check_finite, finite_float, non_finite_error
+from .validation import as_float32, check_finite, finite_float, kernel_error
 
 #: Query rows per tile and keys per tile of the compiled kernel (measured: benchmarks/bench_kernels).
 BLOCK_Q, BLOCK_K = 256, 512
@@ -89,5 +89,5 @@ def run_compiled(kernels, q4, k4, v4, mask4, causal, scale) -> np.ndarray:
                                     kernels.attention, q4, k4, v4, out, mask4, causal, scale,
                                     threads, block_q, BLOCK_K)
     if bad:
-        raise non_finite_error("attention", q=q4, k=k4, v=v4)
+        raise kernel_error(bad, "attention", q=q4, k=k4, v=v4)
     return out

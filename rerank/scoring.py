@@ -9,8 +9,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import backend, reference
-from .validation import (as_float32, check_finite, finite_float, non_finite_error, offsets,
-                         positive_float, positive_int, same)
+from .validation import (as_float32, check_finite, finite_float, kernel_error, non_finite_error,
+                         offsets, positive_float, positive_int, same)
 
 #: Default temperatures and mix weight. Provisional until the quality issue measures them.
 MEMORY_TAU = 0.1
@@ -66,8 +66,9 @@ def memory_attention(query, candidates, *, heads=1, tau=MEMORY_TAU, alpha=0.0) -
                          for qi, ci in zip(q, cands)])
     out = np.empty(cands.shape[:-1], dtype=np.float32)
     threads = backend.get_num_threads() if cands.ndim == 3 else 1
-    if kernels.memory_scores(q, cands, out, heads, tau, alpha, threads):
-        raise non_finite_error("memory-attention", query=q, candidates=cands)
+    bad = kernels.memory_scores(q, cands, out, heads, tau, alpha, threads)
+    if bad:
+        raise kernel_error(bad, "memory-attention", query=q, candidates=cands)
     return out
 
 
@@ -188,7 +189,7 @@ def late_interaction(query_tokens, doc_tokens, doc_offsets, *, tau=None, idf=Non
                                                   None if idf is None else idf.reshape(-1),
                                                   dtok, d_off, tau, dense, lam)
     if bad:
-        raise non_finite_error("late interaction", query_tokens=qt, doc_tokens=dtok)
+        raise kernel_error(bad, "late interaction", query_tokens=qt, doc_tokens=dtok)
     return _shape_result(final, sim, dense_out, batched, details)
 
 
@@ -232,5 +233,5 @@ def hierarchical(query, chunks, chunk_offsets, *, tau=HIERARCHICAL_TAU, dense=No
         bad, final, sim, dense_out = _run_pooling(kernels, qtok, q_off, None, dtok, d_off, tau,
                                                   dense, lam)
     if bad:
-        raise non_finite_error("hierarchical cross-attention", query=q, chunks=dtok)
+        raise kernel_error(bad, "hierarchical cross-attention", query=q, chunks=dtok)
     return _shape_result(final, sim, dense_out, batched, details)

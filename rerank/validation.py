@@ -90,6 +90,15 @@ def same(name_a: str, a: int, name_b: str, b: int, what: str) -> None:
         raise ValueError(f"{what} of {name_a} ({a}) and {name_b} ({b}) must match")
 
 
+def kernel_error(code: int, what: str, **inputs) -> Exception:
+    """The error for a kernel's non-zero return: -1 means a scratch allocation failed
+    (``MemoryError``), a positive count means it met NaN/Inf (see :func:`non_finite_error`)."""
+    if code < 0:
+        shapes = ", ".join(f"{n} {np.shape(a)}" for n, a in inputs.items() if a is not None)
+        return MemoryError(f"{what}: the kernel could not allocate its scratch memory ({shapes})")
+    return non_finite_error(what, **inputs)
+
+
 def non_finite_error(what: str, **inputs) -> ValueError:
     """The error for a kernel that met NaN/Inf: names the input holding non-finite values, or says
     the values overflow float32 (only called on that error path, so the scan costs nothing else)."""

@@ -346,3 +346,36 @@ def test_threads_with_different_inputs_do_not_mix(backend_name, rng):
         for i, (out, mem) in enumerate(pool.map(task, list(range(8)) * 3)):
             assert_close(out, expected[i % 8])
             assert_close(mem, expected_mem[i % 8])
+
+
+_OOM_SCRIPT = r"""
+import importlib, resource, sys
+import numpy as np
+import rerank
+from rerank import scoring
+attention = importlib.import_module("rerank.attention")   # the module, not rerank.attention()
+rng = np.random.default_rng(0)
+q = rng.standard_normal((2, 300, 16)).astype(np.float32)
+qt, dt = q[0, :12], q[1]
+offsets = np.array([0, 100, 300])
+attention.BLOCK_K = 1 << 28            # per-thread scratch of ~64 GiB: malloc must fail
+scoring.BLOCK_TOKENS = 1 << 28
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+resource.setrlimit(resource.RLIMIT_AS, (8 << 30, hard))
+for name, call in [("attention", lambda: rerank.attention(q, q, q)),
+                   ("late", lambda: scoring.late_interaction(qt, dt, offsets))]:
+    try:
+        call()
+        print(name, "no error")
+    except MemoryError as exc:
+        print(name, "MemoryError", exc)
+"""
+
+
+@needs_compiled
+def test_failed_scratch_allocation_raises_memory_error(compiled):
+    """A kernel whose scratch malloc fails raises MemoryError, never a crash."""
+    proc = run_python(_OOM_SCRIPT)
+    assert proc.returncode == 0, proc.stderr
+    assert "attention MemoryError" in proc.stdout and "late MemoryError" in proc.stdout, \
+        proc.stdout
