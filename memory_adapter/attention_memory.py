@@ -11,18 +11,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rerank import backend
+from rerank import backend, scoring
 from rerank.pipeline import Pipeline
 from rerank.reranker import Candidates, RankedResults, Reranker, results_in_order
+from rerank.text_settings import DEFAULT, TextRerankSettings, query_token_weights
 
 from .unified import UnifiedMemoryService
 
 
 @dataclass(frozen=True)
 class MemoryQuery:
-    """A query as the retrieve steps see it: its vector (d,) and, for text, its token vectors."""
+    """A query as the retrieve steps see it: its vector (d,) and, for text, its token vectors
+    (t, d) with their weights (t,) (IDF over the stored corpus; ``None``: equal weights)."""
     vector: np.ndarray
     tokens: np.ndarray | None = None
+    weights: np.ndarray | None = None
 
 
 class AttentionEnhancedMemory(UnifiedMemoryService):
@@ -31,23 +34,41 @@ class AttentionEnhancedMemory(UnifiedMemoryService):
 
     Candidates carry the index's vectors only; texts and metadata are read from the store for the
     final k. A subclass whose ``score`` needs the candidates' texts or metadata sets
-    ``candidate_documents = True`` (one store read of every candidate, ~0.5 ms for 30)."""
+    ``candidate_documents = True`` (one store read of every candidate, ~0.5 ms for 30).
+
+    ``text_settings``: τ, λ, IDF and the query-token filter of the text rerank (default:
+    :data:`rerank.text_settings.DEFAULT`, chosen by cross-validation)."""
 
     candidate_documents = False
 
     def __init__(self, *args, reranker: Reranker | None = None, overfetch: int = 3,
-                 cap: int = 100, **kwargs):
+                 cap: int = 100, text_settings: TextRerankSettings = DEFAULT, **kwargs):
         super().__init__(*args, **kwargs)
+        if not isinstance(text_settings, TextRerankSettings):
+            raise TypeError("text_settings must be a rerank.text_settings.TextRerankSettings; got "
+                            f"{type(text_settings).__name__}")
         self.reranker = reranker or Reranker()
+        self.text_settings = text_settings
         self.pipeline = Pipeline(self.candidates, self.rerank, overfetch=overfetch, cap=cap)
 
     def query(self, query) -> MemoryQuery:
-        """The query as its vector and, for text when token vectors are stored, its tokens."""
+        """The query as its vector and, for text when token vectors are stored, its tokens and
+        their weights (IDF from the store's word-piece statistics, when the embedder gives
+        word-piece ids)."""
         vector = self._embed_query(query)
-        tokens = None
-        if isinstance(query, str) and self.store_tokens:
-            tokens = self.embedder.embed_tokens([query])[0]
-        return MemoryQuery(vector, tokens)
+        if not (isinstance(query, str) and self.store_tokens):
+            return MemoryQuery(vector)
+        tokens = self.embedder.embed_tokens([query])[0]
+        ids = self._embed_token_ids([query], [tokens])
+        df = n = is_word = None
+        if ids is not None:
+            if self.text_settings.idf and hasattr(self.document_store, "document_frequencies"):
+                df, n = self.document_store.document_frequencies(ids[0])
+            if self.text_settings.words_only and callable(getattr(self.embedder, "is_word",
+                                                                  None)):
+                is_word = self.embedder.is_word(ids[0])
+        weights = query_token_weights(self.text_settings, df, n or 0, is_word)
+        return MemoryQuery(vector, tokens, weights)
 
     def retrieve(self, query, k: int, *, filter=None) -> RankedResults:
         """Top ``k`` documents for ``query`` (a vector, or text with an embedder). Text queries
@@ -81,16 +102,22 @@ class AttentionEnhancedMemory(UnifiedMemoryService):
         scores = np.array([h["score"] for h in hits], dtype=np.float32)
         tokens = offsets = None
         if query.tokens is not None:
-            stored = self.token_vectors(ids)
-            if all(t is not None for t in stored):
-                tokens = np.concatenate(stored)
-                offsets = np.concatenate([[0], np.cumsum([len(t) for t in stored])])
+            tokens, offsets = self.candidate_tokens(ids)
         cands = Candidates(vectors=np.stack([h["vector"] for h in hits]), ids=ids,
                            texts=[h["text"] for h in hits] if self.candidate_documents else None,
                            metadata=([h["metadata"] for h in hits] if self.candidate_documents
                                      else None),
                            tokens=tokens, token_offsets=offsets, dense=scores)
         return cands, scores
+
+    def candidate_tokens(self, ids) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The stored token vectors of ``ids`` as one ragged matrix (T, d) and offsets (c+1,),
+        or ``(None, None)`` when any of them has none."""
+        stored = self.token_vectors(ids)
+        if not stored or any(t is None for t in stored):
+            return None, None
+        return (np.concatenate(stored),
+                np.concatenate([[0], np.cumsum([len(t) for t in stored])]).astype(np.int64))
 
     def rerank(self, query: MemoryQuery, candidates: Candidates, k: int) -> RankedResults:
         """Step 2: order the candidates by ``score`` and keep the best k."""
@@ -101,8 +128,12 @@ class AttentionEnhancedMemory(UnifiedMemoryService):
                              backend=backend.active())
 
     def score(self, query: MemoryQuery, candidates: Candidates) -> np.ndarray:
-        """Step 3: one score per candidate (the reranker's scorer: late interaction when both
-        sides have token vectors, else memory-attention over the pooled vectors)."""
+        """Step 3: one score per candidate: late interaction with ``text_settings`` when both
+        sides have token vectors (z-mixed with the vector scores), else the reranker's scorer
+        (memory-attention over the pooled vectors)."""
         if candidates.tokens is not None and query.tokens is not None:
-            return self.reranker.score(query.tokens, candidates)
+            s = self.text_settings
+            return scoring.late_interaction(query.tokens, candidates.tokens,
+                                            candidates.token_offsets, tau=s.tau,
+                                            idf=query.weights, dense=candidates.dense, lam=s.lam)
         return self.reranker.score(query.vector, candidates)

@@ -29,6 +29,7 @@ class Record:
     - ``text``: the document text, if any.
     - ``metadata``: a JSON-serialisable dict with string keys; filters match on its fields.
     - ``tokens``: optional token vectors ``(T, d)`` for late-interaction rerank.
+    - ``token_ids``: optional word-piece ids ``(T,)`` of those tokens (for the corpus's IDF).
     - ``chunks``: optional chunk (passage/sentence) vectors ``(C, d)`` for hierarchical rerank.
     """
 
@@ -38,6 +39,7 @@ class Record:
     metadata: dict[str, Any] = field(default_factory=dict)
     tokens: np.ndarray | None = None
     chunks: np.ndarray | None = None
+    token_ids: np.ndarray | None = None
 
     def __eq__(self, other) -> bool:  # arrays make the generated __eq__ ambiguous
         if not isinstance(other, Record):
@@ -50,7 +52,8 @@ class Record:
 
         return (self.id == other.id and self.text == other.text
                 and self.metadata == other.metadata and same(self.vector, other.vector)
-                and same(self.tokens, other.tokens) and same(self.chunks, other.chunks))
+                and same(self.tokens, other.tokens) and same(self.chunks, other.chunks)
+                and same(self.token_ids, other.token_ids))
 
 
 @runtime_checkable

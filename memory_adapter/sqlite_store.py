@@ -10,8 +10,11 @@ when the store is created, and opening it for another model or dimension raises 
 naming both (vectors of different models side by side give meaningless scores).
 
 Layout (``documents``): ``id`` TEXT PRIMARY KEY, ``text``, ``metadata`` (JSON), ``vector`` (float32
-BLOB), ``tokens`` (token vectors, float16 BLOB by default), ``token_count``, ``chunks`` (float32
-BLOB), ``chunk_count``, ``seq`` (the write that last changed the row) and ``updated`` (unix time).
+BLOB), ``tokens`` (token vectors: int8 with a float32 scale per token by default, see
+:mod:`rerank.quantization`), ``token_count``, ``token_ids`` (the tokens' word-piece ids, int32 BLOB),
+``chunks`` (float32 BLOB), ``chunk_count``, ``seq`` (the write that last changed the row) and
+``updated`` (unix time). ``token_df`` holds, per word piece, the number of documents containing it
+(kept in the same transactions as the documents): the corpus statistics of query-token IDF.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import sqlite_utils
 
+from rerank import quantization
 from rerank.validation import as_float32, positive_int
 
 from .interfaces import Record
@@ -35,20 +39,21 @@ from .interfaces import Record
 __all__ = ["SQLiteStore", "SCHEMA_VERSION"]
 
 #: The on-disk schema this code writes and reads.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _RESERVED_META = frozenset({"schema_version", "model_id", "dim", "created", "write_seq",
-                            "token_dtype"})
-_TOKEN_DTYPES = {"float16": np.float16, "float32": np.float32}
+                            "token_dtype", "token_id_documents"})
+#: How token vectors can be kept: int8 (+ a scale per token, the default), float16, float32.
+TOKEN_DTYPES = quantization.FORMATS
 
-_COLUMNS = ("id", "text", "metadata", "vector", "tokens", "token_count", "chunks", "chunk_count",
-            "seq", "updated")
+_COLUMNS = ("id", "text", "metadata", "vector", "tokens", "token_count", "token_ids", "chunks",
+            "chunk_count", "seq", "updated")
 _UPSERT = (f"INSERT INTO documents ({', '.join(_COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(_COLUMNS))}) "
            "ON CONFLICT(id) DO UPDATE SET "
            + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:]))
-_SELECT = ("SELECT id, text, metadata, vector, tokens, token_count, chunks, chunk_count "
-           "FROM documents")
+_SELECT = ("SELECT id, text, metadata, vector, tokens, token_count, token_ids, chunks, "
+           "chunk_count FROM documents")
 _IN_IDS = "id IN (SELECT value FROM json_each(?))"
 
 
@@ -94,9 +99,10 @@ class SQLiteStore:
 
     ``SQLiteStore(path, model_id=..., dim=...)`` creates the file (and its folder) when missing, or
     opens it and checks that it was created for the same ``model_id`` and ``dim``. ``path`` may be
-    ``":memory:"`` (nothing persisted). ``token_dtype`` ("float16", the default, or "float32") is
-    how token vectors are kept on disk (they are returned as float32); it is fixed when the store
-    is created.
+    ``":memory:"`` (nothing persisted). ``token_dtype`` ("int8", the default: d + 4 bytes per
+    token; "float16"; or "float32") is how token vectors are kept on disk (they are returned as
+    float32, or as int8 codes and scales by :meth:`token_codes`); it is fixed when the store is
+    created.
 
     Thread-safe: one connection guarded by a re-entrant lock. Several processes may open the same
     file (SQLite serialises their writes; readers never block in WAL mode).
@@ -106,14 +112,14 @@ class SQLiteStore:
     backend = "sqlite"
 
     def __init__(self, path: str | os.PathLike, *, model_id: str, dim: int,
-                 token_dtype: str = "float16"):
+                 token_dtype: str = "int8"):
         if not isinstance(model_id, str) or not model_id.strip():
             raise ValueError(f"model_id must be a non-empty string naming the embedding model; "
                              f"got {model_id!r}")
         self.dim = positive_int("dim", dim)
         self.model_id = model_id
-        if token_dtype not in _TOKEN_DTYPES:
-            raise ValueError(f"token_dtype must be one of {sorted(_TOKEN_DTYPES)}; "
+        if token_dtype not in TOKEN_DTYPES:
+            raise ValueError(f"token_dtype must be one of {list(TOKEN_DTYPES)}; "
                              f"got {token_dtype!r}")
         self.path = os.fspath(path)
         if self.path != ":memory:":
@@ -157,16 +163,23 @@ class SQLiteStore:
                         "dim": str(dim), "created": repr(time.time()), "write_seq": "0",
                         "token_dtype": token_dtype}
                 conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+            version = int(meta.get("schema_version", "0"))
+            if version > SCHEMA_VERSION:
+                raise ValueError(f"the store at {self.path} has schema version {version}, newer "
+                                 f"than this rerank understands ({SCHEMA_VERSION}); upgrade rerank")
             self.db["documents"].create(
                 {"id": str, "text": str, "metadata": str, "vector": bytes, "tokens": bytes,
-                 "token_count": int, "chunks": bytes, "chunk_count": int, "seq": int,
-                 "updated": float},
+                 "token_count": int, "token_ids": bytes, "chunks": bytes, "chunk_count": int,
+                 "seq": int, "updated": float},
                 pk="id", not_null={"metadata", "vector", "seq", "updated"}, if_not_exists=True)
             self.db["documents"].create_index(["seq"], if_not_exists=True)
-        version = int(meta.get("schema_version", "0"))
-        if version > SCHEMA_VERSION:
-            raise ValueError(f"the store at {self.path} has schema version {version}, newer than "
-                             f"this rerank understands ({SCHEMA_VERSION}); upgrade rerank")
+            if "token_ids" not in self.db["documents"].columns_dict:     # schema 1 → 2
+                conn.execute("ALTER TABLE documents ADD COLUMN token_ids BLOB")
+            self.db["token_df"].create({"piece": int, "df": int}, pk="piece",
+                                       if_not_exists=True)
+            if version < SCHEMA_VERSION:
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                             (str(SCHEMA_VERSION),))
         stored_model, stored_dim = meta.get("model_id"), int(meta.get("dim", "0"))
         if stored_model != model_id or stored_dim != dim:
             raise ValueError(
@@ -175,7 +188,6 @@ class SQLiteStore:
                 "of different models are not comparable. Use the store's model, or another --db")
         self.created = float(meta["created"])
         self.token_dtype = meta.get("token_dtype", "float16")
-        self._token_np = _TOKEN_DTYPES[self.token_dtype]
 
     # ------------------------------------------------------------ plumbing
     @property
@@ -260,13 +272,14 @@ class SQLiteStore:
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{where}.metadata must be JSON-serialisable (finite numbers, "
                                  f"strings, lists, dicts): {exc}") from None
-            tokens, n_tok = self._encode_matrix(f"{where}.tokens", rec.tokens, self._token_np)
-            chunks, n_chunk = self._encode_matrix(f"{where}.chunks", rec.chunks, np.float32)
-            rows.append((rec.id, rec.text, meta_json, vec.tobytes(), tokens, n_tok, chunks,
-                         n_chunk))
+            tokens, n_tok = self._encode_matrix(f"{where}.tokens", rec.tokens, self.token_dtype)
+            token_ids = self._encode_token_ids(where, rec.token_ids, n_tok)
+            chunks, n_chunk = self._encode_matrix(f"{where}.chunks", rec.chunks, "float32")
+            rows.append((rec.id, rec.text, meta_json, vec.tobytes(), tokens, n_tok, token_ids,
+                         chunks, n_chunk))
         return rows
 
-    def _encode_matrix(self, name: str, x, dtype) -> tuple[bytes | None, int | None]:
+    def _encode_matrix(self, name: str, x, fmt: str) -> tuple[bytes | None, int | None]:
         if x is None:
             return None, None
         arr = as_float32(name, x, (2,))
@@ -274,23 +287,80 @@ class SQLiteStore:
             raise ValueError(f"{name} must have shape (n, {self.dim}); got {arr.shape}")
         if not np.isfinite(arr).all():
             raise ValueError(f"{name} contains NaN or Inf values")
-        with np.errstate(over="ignore"):
-            stored = arr.astype(dtype)
-        if not np.isfinite(stored).all():
-            raise ValueError(f"{name} holds values beyond the {np.dtype(dtype).name} range the "
-                             "store keeps them in (normalise the token vectors)")
-        return stored.tobytes(), arr.shape[0]
+        try:
+            return quantization.encode(arr, fmt), arr.shape[0]
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc} (normalise the token vectors)") from None
+
+    @staticmethod
+    def _encode_token_ids(where: str, ids, n_tok: int | None) -> bytes | None:
+        if ids is None:
+            return None
+        arr = np.asarray(ids)
+        if arr.dtype.kind not in "iu" or arr.ndim != 1:
+            raise TypeError(f"{where}.token_ids must be a 1-D integer array; got {arr.dtype} "
+                            f"{arr.shape}")
+        if n_tok is None or arr.shape[0] != n_tok:
+            raise ValueError(f"{where}.token_ids has {arr.shape[0]} ids for "
+                             f"{n_tok or 0} token vectors: they come together, one id per token")
+        if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int32).max):
+            raise ValueError(f"{where}.token_ids must be non-negative int32 values")
+        return arr.astype(np.int32).tobytes()
 
     def _decode(self, row) -> Record:
-        rid, text, meta, vec, tok, n_tok, chunks, n_chunk = row
-        tokens = None
-        if tok is not None:
-            tokens = np.frombuffer(tok, dtype=self._token_np).reshape(n_tok, self.dim) \
-                .astype(np.float32)
+        rid, text, meta, vec, tok, n_tok, tok_ids, chunks, n_chunk = row
+        tokens = None if tok is None else quantization.decode(tok, n_tok, self.dim,
+                                                             self.token_dtype)
         if chunks is not None:
             chunks = np.frombuffer(chunks, dtype=np.float32).reshape(n_chunk, self.dim).copy()
+        token_ids = None if tok_ids is None else np.frombuffer(tok_ids, np.int32).copy()
         return Record(id=rid, vector=np.frombuffer(vec, dtype=np.float32).copy(), text=text,
-                      metadata=json.loads(meta), tokens=tokens, chunks=chunks)
+                      metadata=json.loads(meta), tokens=tokens, chunks=chunks,
+                      token_ids=token_ids)
+
+    # --------------------------------------------------------- token statistics
+    def _pieces(self, conn: sqlite3.Connection, ids: list[str]) -> tuple[dict, int]:
+        """Word-piece document counts of the stored ``ids`` (each piece once per document)."""
+        counts: dict[int, int] = {}
+        docs = 0
+        for start in range(0, len(ids), 10_000):
+            rows = conn.execute(f"SELECT token_ids FROM documents WHERE {_IN_IDS} AND "
+                                "token_ids IS NOT NULL",
+                                (json.dumps(ids[start:start + 10_000]),)).fetchall()
+            for (blob,) in rows:
+                docs += 1
+                for piece in np.unique(np.frombuffer(blob, np.int32)).tolist():
+                    counts[piece] = counts.get(piece, 0) + 1
+        return counts, docs
+
+    @staticmethod
+    def _add_pieces(conn: sqlite3.Connection, counts: dict, docs: int, sign: int) -> None:
+        """token_df += sign·counts and the document count += sign·docs (caller's transaction)."""
+        if not counts and not docs:
+            return
+        conn.executemany("INSERT INTO token_df (piece, df) VALUES (?, ?) ON CONFLICT(piece) DO "
+                         "UPDATE SET df = df + excluded.df",
+                         [(p, sign * n) for p, n in counts.items()])
+        if sign < 0:
+            conn.execute("DELETE FROM token_df WHERE df <= 0")
+        conn.execute("INSERT INTO meta (key, value) VALUES ('token_id_documents', ?) ON "
+                     "CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + ?",
+                     (str(max(sign * docs, 0)), sign * docs))
+
+    def document_frequencies(self, pieces) -> tuple[np.ndarray, int]:
+        """``(df, n)``: how many stored documents contain each word piece in ``pieces`` and how
+        many documents have word-piece ids at all, from one snapshot."""
+        pieces = np.asarray(pieces)
+        if pieces.dtype.kind not in "iu" or pieces.ndim != 1:
+            raise TypeError(f"pieces must be a 1-D integer array; got {pieces.dtype} "
+                            f"{pieces.shape}")
+        with self._read() as conn:
+            rows = dict(conn.execute("SELECT piece, df FROM token_df WHERE piece IN (SELECT value "
+                                     "FROM json_each(?))",
+                                     (json.dumps(pieces.tolist()),)).fetchall())
+            n = conn.execute("SELECT value FROM meta WHERE key = 'token_id_documents'").fetchone()
+        return (np.array([rows.get(p, 0) for p in pieces.tolist()], np.int64),
+                0 if n is None else int(n[0]))
 
     # ---------------------------------------------------------------- API
     def put(self, records: Iterable[Record]) -> int:
@@ -300,9 +370,18 @@ class SQLiteStore:
         if not rows:
             return 0
         now = time.time()
+        added: dict[int, int] = {}
+        docs = 0
+        for row in rows:
+            if row[6] is not None:
+                docs += 1
+                for piece in np.unique(np.frombuffer(row[6], np.int32)).tolist():
+                    added[piece] = added.get(piece, 0) + 1
         with self._write() as conn:
             seq = self._next_seq(conn)
+            self._add_pieces(conn, *self._pieces(conn, [row[0] for row in rows]), -1)
             self._write_rows(conn, (row + (seq, now) for row in rows))
+            self._add_pieces(conn, added, docs, +1)
         return seq
 
     def get(self, ids: Sequence[str]) -> list[Record | None]:
@@ -330,6 +409,7 @@ class SQLiteStore:
         if not ids:
             return 0
         with self._write() as conn:
+            self._add_pieces(conn, *self._pieces(conn, ids), -1)
             n = conn.execute(f"DELETE FROM documents WHERE {_IN_IDS}",
                              (json.dumps(ids),)).rowcount
             if n:
@@ -374,9 +454,21 @@ class SQLiteStore:
             .reshape(len(blobs), self.dim).copy()
 
     def token_vectors(self, ids: Sequence[str]) -> list[np.ndarray | None]:
-        return [None if b is None else
-                np.frombuffer(b, dtype=self._token_np).reshape(n, self.dim).astype(np.float32)
+        return [None if b is None else quantization.decode(b, n, self.dim, self.token_dtype)
                 for b, n in self._column(ids, "tokens")]
+
+    def token_codes(self, ids: Sequence[str]) -> list[quantization.Int8Rows | None]:
+        """The int8 token codes and scales of ``ids`` without dequantising (an int8 store only;
+        what the int8 late-interaction kernel reads)."""
+        if self.token_dtype != "int8":
+            raise ValueError(f"the store keeps token vectors as {self.token_dtype}, not int8")
+        return [None if b is None else quantization.decode_int8(b, n, self.dim)
+                for b, n in self._column(ids, "tokens")]
+
+    def token_ids(self, ids: Sequence[str]) -> list[np.ndarray | None]:
+        """The word-piece ids of the stored tokens of ``ids`` (``None`` where not stored)."""
+        return [None if b is None else np.frombuffer(b, np.int32)
+                for b, _ in self._column(ids, "token_ids")]
 
     @property
     def write_seq(self) -> int:
@@ -507,8 +599,8 @@ def describe(path: str | os.PathLike) -> dict | None:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
         with_tokens = conn.execute(
-            "SELECT count(*), coalesce(sum(length(tokens)), 0) FROM documents "
-            "WHERE tokens IS NOT NULL").fetchone()
+            "SELECT count(*), coalesce(sum(length(tokens)), 0), coalesce(sum(token_count), 0), "
+            "coalesce(sum(length(vector)), 0) FROM documents WHERE tokens IS NOT NULL").fetchone()
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"{path} is not a readable rerank store: {exc}") from None
     finally:
@@ -516,5 +608,8 @@ def describe(path: str | os.PathLike) -> dict | None:
     return {"backend": "sqlite", "path": path, "documents": documents,
             "model_id": meta.get("model_id"), "dim": int(meta.get("dim", 0)),
             "schema_version": int(meta.get("schema_version", 0)), "bytes": os.path.getsize(path),
+            "token_dtype": meta.get("token_dtype", "float16"),
             "documents_with_tokens": with_tokens[0],
-            "token_bytes_per_document": (with_tokens[1] / with_tokens[0]) if with_tokens[0] else 0}
+            "tokens_per_document": round(with_tokens[2] / with_tokens[0], 1) if with_tokens[0] else 0,
+            "token_bytes_per_document": round(with_tokens[1] / with_tokens[0]) if with_tokens[0] else 0,
+            "vector_bytes_per_document": round(with_tokens[3] / with_tokens[0]) if with_tokens[0] else 0}

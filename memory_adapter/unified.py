@@ -228,6 +228,17 @@ class UnifiedMemoryService:
             raise ValueError("embedder.embed(texts) returned NaN or Inf values")
         return out
 
+    def _embed_token_ids(self, texts: list[str], tokens: list[np.ndarray]) -> list | None:
+        """The word-piece ids of ``texts``' tokens when the embedder says them
+        (``token_ids(texts)``), checked against the token counts; else ``None``."""
+        if not callable(getattr(self.embedder, "token_ids", None)):
+            return None
+        ids = list(self.embedder.token_ids(texts))
+        if len(ids) != len(texts) or any(len(i) != len(t) for i, t in zip(ids, tokens)):
+            raise ValueError("embedder.token_ids(texts) must give one id per token vector of "
+                             "embedder.embed_tokens(texts)")
+        return ids
+
     def _embed_tokens(self, texts: list[str]) -> list[np.ndarray]:
         tokens, offs = self.embedder.embed_tokens(texts)
         tokens = as_float32("embedder.embed_tokens(texts) tokens", tokens, (2,))
@@ -307,8 +318,11 @@ class UnifiedMemoryService:
             want = [r for r in records if r.tokens is None and isinstance(r.text, str)
                     and r.text]
             if want:
-                for r, t in zip(want, self._embed_tokens([r.text for r in want])):
-                    r.tokens = t
+                texts = [r.text for r in want]
+                tokens = self._embed_tokens(texts)
+                ids = self._embed_token_ids(texts, tokens) or [None] * len(want)
+                for r, t, i in zip(want, tokens, ids):
+                    r.tokens, r.token_ids = t, i
         return records
 
     # ---------------------------------------------------------------- writes
@@ -366,13 +380,14 @@ class UnifiedMemoryService:
             raise ValueError("update needs text, vector or metadata")
         if text is not None and not isinstance(text, str):
             raise TypeError(f"text must be a string; got {type(text).__name__}")
-        new_vector = new_tokens = None
+        new_vector = new_tokens = new_ids = None
         if vector is not None:
             new_vector = as_float32("vector", vector, (1,))
         elif text is not None and self.embedder is not None:
             new_vector = self._embed_texts([text])[0]
         if text is not None and self.store_tokens and text:
             new_tokens = self._embed_tokens([text])[0]
+            new_ids = (self._embed_token_ids([text], [new_tokens]) or [None])[0]
         if new_vector is not None:
             self._check_vectors([Record(id, new_vector)])
         with self._lock.write():
@@ -381,9 +396,9 @@ class UnifiedMemoryService:
                 raise KeyError(f"document {id!r} is not stored")
             rec = Record(id=id, vector=old.vector if new_vector is None else new_vector,
                          text=old.text, metadata=old.metadata if metadata is None else metadata,
-                         tokens=old.tokens, chunks=old.chunks)
+                         tokens=old.tokens, chunks=old.chunks, token_ids=old.token_ids)
             if text is not None and text != old.text:
-                rec.text, rec.tokens, rec.chunks = text, new_tokens, None
+                rec.text, rec.tokens, rec.chunks, rec.token_ids = text, new_tokens, None, new_ids
             seq = self.document_store.put([rec])
             if new_vector is not None:
                 self._apply(seq, [id], new_vector[None, :])

@@ -110,9 +110,69 @@ def test_text_retrieve_reranks_by_late_interaction(service, tmp_path):
         stored = mem.token_vectors(ids)
         offsets = np.concatenate([[0], np.cumsum([len(t) for t in stored])])
         q_tokens, _ = service.embed_tokens([query])
+        df, n = mem.document_store.document_frequencies(service.token_ids([query])[0])
+        assert n == len(docs) and (df <= n).all() and df.max() >= 1
+        settings = mem.text_settings
         final = reference.late_interaction_scores(
-            q_tokens, np.concatenate(stored), offsets,
-            dense=np.array([h["score"] for h in hits]))[0]
+            q_tokens, np.concatenate(stored), offsets, tau=settings.tau,
+            idf=np.log1p((n - df + 0.5) / (df + 0.5)) if settings.idf else None,
+            dense=np.array([h["score"] for h in hits]), lam=settings.lam)[0]
         assert res.ids == [ids[i] for i in np.argsort(-final, kind="stable")[:3]]
         vector_res = mem.retrieve(service.embed([query])[0], 3)  # a vector query: pooled rerank
         assert vector_res.mechanism == "memory-attention"
+
+
+def test_token_ids_are_the_pieces_of_the_token_vectors(service):
+    texts = ["Résumé of a long day", "", "ls -la /tmp"]
+    tokenizer = service._model.tokenizer
+    ids = service.token_ids(texts)
+    _, offsets = service.embed_tokens(texts)
+    assert [len(i) for i in ids] == np.diff(offsets).tolist()
+    assert ids[0].tolist() == tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    assert ids[0].dtype == np.int32
+    assert service.is_word(ids[2]).tolist() == [any(c.isalnum() for c in p) for p in
+                                                tokenizer.convert_ids_to_tokens(ids[2].tolist())]
+    assert not service.is_word(tokenizer.convert_tokens_to_ids(["-", "/", "."])).any()
+
+
+@pytest.mark.parametrize("window, overlap", [(8, 0), (16, 4), (40, 16), (None, 16)])
+def test_passages_cover_a_long_document_in_order(service, window, overlap):
+    words = [f"w{i}ord{'s' * (i % 3)}" for i in range(300)]
+    text = " ".join(words)
+    parts = service.passages(text, window=window, overlap=overlap)
+    limit = service.max_tokens if window is None else window
+    tokenizer = service._model.tokenizer
+    for p in parts:
+        assert len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= limit
+    seen = []
+    for p in parts:   # each passage continues where the last left off, minus the overlap
+        pw = p.split()
+        start = words.index(pw[0], max(0, len(seen) - 64))
+        assert words[start:start + len(pw)] == pw
+        assert start <= len(seen)
+        seen = words[:start + len(pw)]
+    assert seen == words
+    chunks, offsets = service.embed_passages([text, "short"], window=window, overlap=overlap)
+    assert offsets.tolist() == [0, len(parts), len(parts) + 1] and chunks.shape[1] == 384
+    with pytest.raises(ValueError, match="overlap"):
+        service.passages(text, window=8, overlap=8)
+
+
+def test_semantic_search_with_attention(service):
+    docs = {"pw": "Reset your password from the account settings page.",
+            "cat": "Cats like to sit on mats in the sun.",
+            "market": "The stock market fell sharply on Monday.",
+            "rain": "Heavy rain is expected over the weekend."}
+    fresh = EmbeddingService()
+    with pytest.raises(ValueError, match="add_documents"):
+        fresh.search("anything", 1)
+    fresh.add_documents(list(docs.values()), ids=list(docs))
+    res = fresh.semantic_search_with_attention("how do I change my password", 2)
+    assert res.mechanism == "cross-attention" and res.ids[0] == "pw" and len(res) == 2
+    assert set(res.timings_ms) >= {"retrieve", "rerank", "total"}
+    pooled = fresh.semantic_search_with_attention("a kitten on a rug", 1,
+                                                  mechanism="memory-attention")
+    assert pooled.mechanism == "memory-attention" and pooled.ids == ["cat"]
+    assert asyncio.run(fresh.asemantic_search_with_attention("stocks dropped", 1)).ids == ["market"]
+    with pytest.raises(ValueError, match="larger than the 4"):
+        fresh.semantic_search_with_attention("x", 5)

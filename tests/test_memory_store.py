@@ -13,6 +13,7 @@ import pytest
 
 from memory_adapter import (CandidateSource, DocumentStore, Record, SQLiteStore,
                             UnifiedMemoryService, index_path_for, resolve_db)
+from memory_adapter.sqlite_store import describe
 from rerank.retrieval import HNSWIndex
 
 D = 16
@@ -107,7 +108,8 @@ def test_put_get_round_trip(store):
     assert got_a.text == "héllo" and got_a.metadata == rec.metadata
     np.testing.assert_array_equal(got_a.vector, rec.vector)
     assert got_a.vector.dtype == np.float32 and got_a.vector.flags.writeable
-    np.testing.assert_allclose(got_a.tokens, tokens, atol=1e-3)   # float16 on disk
+    bound = np.abs(tokens).max(axis=1, keepdims=True) / 254 * (1 + 1e-6)   # int8: scale / 2
+    assert (np.abs(got_a.tokens - tokens) <= bound).all()
     assert got_a.tokens.dtype == np.float32
     np.testing.assert_array_equal(got_a.chunks, chunks)
     assert got_b.text is None and got_b.metadata == {} and got_b.tokens is None
@@ -138,9 +140,103 @@ def test_token_vectors(store):
     store.put([Record("a", vecs(1)[0], tokens=t), Record("b", vecs(1)[0])])
     got = store.token_vectors(["b", "a"])
     assert got[0] is None
-    np.testing.assert_allclose(got[1], t, atol=2e-3)
+    assert (np.abs(got[1] - t) <= np.abs(t).max(axis=1, keepdims=True) / 254 * 1.000001).all()
+    codes = store.token_codes(["a", "b"])
+    assert codes[1] is None and codes[0].codes.dtype == np.int8
+    np.testing.assert_array_equal(codes[0].dequantize(), got[1])
     with pytest.raises(KeyError):
         store.token_vectors(["zzz"])
+
+
+@pytest.mark.parametrize("fmt, per_token, tol", [("int8", D + 4, 1 / 254), ("float16", 2 * D, 2**-11),
+                                                 ("float32", 4 * D, 0.0)])
+def test_token_storage_formats(tmp_path, fmt, per_token, tol):
+    """Each format keeps tokens within its documented bound at its documented size; status
+    (describe) reports the cost per document."""
+    s = SQLiteStore(tmp_path / f"{fmt}.db", model_id=MODEL, dim=D, token_dtype=fmt)
+    t = vecs(7, 3)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    s.put([Record("a", vecs(1)[0], tokens=t)])
+    got = s.token_vectors(["a"])[0]
+    assert (np.abs(got - t) <= tol * np.abs(t).max(axis=1, keepdims=True) + 1e-7).all()
+    s.close()
+    info = describe(tmp_path / f"{fmt}.db")
+    assert info["token_dtype"] == fmt and info["tokens_per_document"] == 7
+    assert info["token_bytes_per_document"] == 7 * per_token
+    reopened = SQLiteStore(tmp_path / f"{fmt}.db", model_id=MODEL, dim=D, token_dtype="float32")
+    assert reopened.token_dtype == fmt          # fixed when the store was created
+    reopened.close()
+
+
+def test_float16_store_refuses_tokens_beyond_its_range(tmp_path):
+    s = SQLiteStore(tmp_path / "h.db", model_id=MODEL, dim=D, token_dtype="float16")
+    with pytest.raises(ValueError, match="float16"):
+        s.put([Record("x", vecs(1)[0], tokens=np.full((2, D), 1e6, np.float32))])
+    assert s.count() == 0
+    with pytest.raises(ValueError, match="token_dtype must be one of"):
+        SQLiteStore(tmp_path / "other.db", model_id=MODEL, dim=D, token_dtype="int4")
+
+
+def _brute_df(store):
+    df, n = {}, 0
+    for rec in store.get(store.ids()):
+        if rec.token_ids is not None:
+            n += 1
+            for p in set(rec.token_ids.tolist()):
+                df[p] = df.get(p, 0) + 1
+    return df, n
+
+
+def test_document_frequencies_follow_puts_upserts_and_deletes(store):
+    """token_df always equals a recount over the stored documents' word pieces."""
+    rng = np.random.default_rng(4)
+
+    def rec(i, n):
+        ids = rng.integers(0, 12, n)
+        return Record(f"d{i}", vecs(1, i)[0], tokens=vecs(n, i + 50), token_ids=ids)
+
+    store.put([rec(i, 3 + i) for i in range(6)] + [Record("plain", vecs(1)[0])])
+    store.put([rec(2, 9), rec(7, 4)])                 # an upsert replaces d2's pieces
+    store.delete(["d0", "d5", "plain"])
+    df, n = _brute_df(store)
+    pieces = np.arange(15)
+    got, got_n = store.document_frequencies(pieces)
+    assert got_n == n == 5
+    assert got.tolist() == [df.get(p, 0) for p in pieces]
+    store.delete(store.ids())
+    got, got_n = store.document_frequencies(pieces)
+    assert got_n == 0 and not got.any()
+    assert store.conn.execute("SELECT count(*) FROM token_df").fetchone()[0] == 0
+
+
+def test_a_failed_batch_leaves_document_frequencies_alone(store):
+    store.put([Record("a", vecs(1)[0], tokens=vecs(2), token_ids=np.array([1, 2]))])
+    bad = [Record("b", vecs(1)[0], tokens=vecs(2), token_ids=np.array([2, 3])),
+           Record("c", vecs(1)[0], tokens=vecs(2), token_ids=np.array([3]))]   # 1 id, 2 tokens
+    with pytest.raises(ValueError, match="one id per token"):
+        store.put(bad)
+    assert store.document_frequencies(np.array([1, 2, 3]))[0].tolist() == [1, 1, 0]
+    with pytest.raises(TypeError, match="integer"):
+        store.put([Record("d", vecs(1)[0], tokens=vecs(1), token_ids=np.array([1.5]))])
+
+
+def test_a_schema_1_store_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "old.db"
+    s = SQLiteStore(path, model_id=MODEL, dim=D, token_dtype="float16")
+    s.put(records(3))
+    s.close()
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE documents DROP COLUMN token_ids")
+    conn.execute("DROP TABLE token_df")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    s = SQLiteStore(path, model_id=MODEL, dim=D)
+    assert s.count() == 3 and s.get(["doc1"])[0].text == "text 1"
+    s.put([Record("new", vecs(1)[0], tokens=vecs(2), token_ids=np.array([5, 5]))])
+    assert s.document_frequencies(np.array([5]))[0].tolist() == [1]
+    assert s.get_meta("schema_version") == "2"
+    s.close()
 
 
 def test_upsert_replaces_by_id(store):
@@ -169,7 +265,8 @@ def test_ids_argument_must_be_a_list(store):
     (lambda r: Record("x", r.vector, metadata={"v": float("inf")}), "JSON-serialisable"),
     (lambda r: Record("x", r.vector, metadata={1: "a"}), "keys must be strings"),
     (lambda r: Record("x", r.vector, tokens=vecs(2, d=D - 1)), "tokens must have shape"),
-    (lambda r: Record("x", r.vector, tokens=np.full((2, D), 1e6, np.float32)), "float16"),
+    (lambda r: Record("x", r.vector, tokens=np.full((2, D), np.inf, np.float32)), "NaN or Inf"),
+    (lambda r: Record("x", r.vector, tokens=vecs(2), token_ids=np.arange(3)), "one id per token"),
     (lambda r: Record("doc0", r.vector), "repeats the id"),
 ])
 def test_a_batch_with_one_bad_record_writes_nothing(store, bad, match):
