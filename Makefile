@@ -20,8 +20,11 @@ $(STAMP): $(PYTHON) pyproject.toml setup.py
 build: $(STAMP)
 	$(PYTHON) setup.py -q build_ext --inplace
 
+# The demo: kernels on synthetic vectors, then a text memory of the installed man pages
+# (index → eval → search through the `rerank` command; a second run reuses what is stored).
 run: build
 	$(PYTHON) examples/quickstart.py
+	$(PYTHON) examples/manpages_demo.py
 
 test: build
 	$(PYTHON) -m pytest -q tests

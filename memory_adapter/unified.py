@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 #: Keyword arguments of :meth:`UnifiedMemoryService.open` that configure the HNSW index.
 INDEX_PARAMS = ("M", "ef_construction", "ef", "capacity", "rebuild_ratio", "num_threads")
-_DOC_KEYS = {"id", "_id", "vector", "text", "metadata", "tokens", "chunks"}
+_DOC_KEYS = {"id", "_id", "vector", "text", "metadata", "tokens", "token_ids", "chunks"}
 _CHUNK_IDS = 8192   # ids per read when streaming vectors out of the store
 
 
@@ -294,7 +294,7 @@ class UnifiedMemoryService:
                 doc_id = doc.get("id", doc.get("_id"))
                 doc = Record(id=doc_id, vector=doc.get("vector"), text=doc.get("text"),
                              metadata=doc.get("metadata") or {}, tokens=doc.get("tokens"),
-                             chunks=doc.get("chunks"))
+                             chunks=doc.get("chunks"), token_ids=doc.get("token_ids"))
             elif isinstance(doc, Record):
                 doc = dataclasses.replace(doc)   # embedding fills it in: leave the caller's alone
             else:
@@ -347,7 +347,8 @@ class UnifiedMemoryService:
 
     def store(self, documents) -> list[str]:
         """Store (upsert by id) ``documents`` — :class:`Record` objects or dicts ``{"id",
-        "vector"?, "text"?, "metadata"?, "tokens"?, "chunks"?}`` — and return their ids.
+        "vector"?, "text"?, "metadata"?, "tokens"?, "token_ids"?, "chunks"?}`` — and return
+        their ids.
 
         Without a vector, the text is embedded (an embedder is required). The batch is written to
         the store in one transaction (all or nothing), then to the index, then the index is

@@ -1,18 +1,60 @@
-"""The ``rerank`` command line."""
+"""The ``rerank`` command line.
+
+``rerank [--debug] COMMAND``: ``status``, ``index PATH``, ``search QUERY``, ``eval DIR``.
+Errors print one line (``Error: …``) on stderr and exit non-zero; ``--debug`` (or ``RERANK_DEBUG=1``) shows the
+traceback instead. ``--json`` prints one JSON document on stdout (progress and messages go to
+stderr). Commands that embed text load the packaged embedding model lazily, so ``rerank status``
+stays fast.
+"""
 from __future__ import annotations
 
 import json
 import os
+import re
+import time
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+#: The rerank scorers ``search --mechanism`` can force (``rerank.reranker.SCORERS``; repeated
+#: here so that importing the CLI does not import the mechanisms).
+MECHANISMS = ("memory-attention", "cross-attention", "hierarchical-cross-attention")
 
-@click.group()
+
+class _Group(click.Group):
+    """A click group that turns any error of a command into a one-line message (no traceback)
+    unless ``--debug`` is given."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort,
+                KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the policy: no traceback without --debug
+            if (ctx.obj or {}).get("debug"):
+                raise
+            raise click.ClickException(_message(exc)) from None
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, (ValueError, TypeError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc} (rerank --debug … shows the traceback)"
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="rerank")
-def main():
+@click.option("--debug", is_flag=True, envvar="RERANK_DEBUG",
+              help="Show the traceback of an error (also: RERANK_DEBUG=1).")
+@click.pass_context
+def main(ctx, debug):
     """rerank: attention kernels and rerank scorers for retrieval."""
+    obj = ctx.ensure_object(dict)
+    obj["debug"] = bool(debug or obj.get("debug"))
 
 
 DB_HELP = ("Database: a file path (SQLite) or a postgresql:// URL; default $RERANK_DB, else "
@@ -58,3 +100,427 @@ def status(db, as_json):
         table.add_row("blas", f"{lib['internal_api']} {lib['version']} ({lib['architecture']}, "
                               f"{lib['num_threads']} threads) {lib['filepath']}")
     Console().print(table)
+
+
+# ------------------------------------------------------------------------------ shared helpers
+def _stderr() -> Console:
+    return Console(stderr=True)
+
+
+def _resolve_db(db) -> str:
+    from memory_adapter.location import resolve_db
+
+    return resolve_db(db)
+
+
+def _describe(path: str) -> dict | None:
+    """What the store at ``path`` holds, or None when there is none (read-only)."""
+    from memory_adapter.sqlite_store import describe
+
+    return describe(path) if path != ":memory:" else None
+
+
+def _expected_model_id(ctx) -> str:
+    embedder = (ctx.find_root().obj or {}).get("embedder")
+    if embedder is not None:
+        return embedder.model_id
+    from embeddings_adapter.service import PACKAGED_MODEL_ID
+
+    return PACKAGED_MODEL_ID
+
+
+def _check_model(ctx, path: str, store: dict | None) -> None:
+    """Refuse a store of another embedding model before spending seconds loading ours."""
+    if store is None:
+        return
+    model_id = _expected_model_id(ctx)
+    if store.get("model_id") != model_id:
+        raise click.ClickException(
+            f"the store at {path} holds vectors of model {store.get('model_id')!r} (dim "
+            f"{store.get('dim')}); this command embeds with {model_id!r}: vectors of different "
+            "models are not comparable. Use another --db")
+
+
+def _embedder(ctx):
+    """The embedder: one given in ``ctx.obj["embedder"]`` (tests, embedding programs), else the
+    packaged model (loaded here, ~3 s)."""
+    obj = ctx.find_root().obj
+    if obj is not None and obj.get("embedder") is not None:
+        return obj["embedder"]
+    try:
+        from embeddings_adapter import EmbeddingService
+    except ImportError as exc:
+        raise click.ClickException(f"embedding text needs sentence-transformers: {exc} "
+                                   "(pip install 'rerank[embeddings]')") from None
+    try:   # transformers' "Loading weights" bar is noise on a command line
+        from transformers.utils import logging as transformers_logging
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    console = _stderr()
+    if console.is_terminal:
+        with console.status("loading the embedding model…"):
+            embedder = EmbeddingService()
+    else:
+        embedder = EmbeddingService()
+    if obj is not None:
+        obj["embedder"] = embedder
+    return embedder
+
+
+def _echo_json(document) -> None:
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+# ------------------------------------------------------------------------------------ index
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
+
+
+def split_chunks(text: str, *, min_chars: int = 200, max_chunks: int = 64) -> list[str]:
+    """Passages of ``text`` for hierarchical rerank: sentences (split after ``.``, ``!`` or
+    ``?`` and at blank lines) merged in order until each holds at least ``min_chars``
+    characters; at most ``max_chunks`` (the rest joins the last). A short text is one chunk."""
+    parts = [p.strip() for p in _SENTENCE_END.split(text) if p and p.strip()]
+    chunks: list[str] = []
+    for part in parts:
+        if chunks and (len(chunks[-1]) < min_chars or len(chunks) >= max_chunks):
+            chunks[-1] = f"{chunks[-1]} {part}"
+        else:
+            chunks.append(part)
+    return chunks or [text]
+
+
+def _add_chunks(embedder, batch: list[dict]) -> None:
+    """Embed every document's passages (one call for the batch) into ``doc["chunks"]``."""
+    pieces = [split_chunks(doc["text"]) for doc in batch]
+    vectors = embedder.embed([p for ps in pieces for p in ps])
+    start = 0
+    for doc, ps in zip(batch, pieces):
+        doc["chunks"] = vectors[start:start + len(ps)]
+        start += len(ps)
+
+
+def _progress(console: Console):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
+                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return Text("– docs/s" if not speed else f"{speed:,.1f} docs/s")
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                    disable=not console.is_terminal)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=str))
+@click.option("--db", default=None, help=DB_HELP)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Documents embedded and committed together (one transaction each).")
+@click.option("--chunks", "with_chunks", is_flag=True,
+              help="Also store passage vectors (sentences merged to ~200 characters) for "
+                   "search --mechanism hierarchical-cross-attention (embeds each text again).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def index(ctx, path, db, batch_size, with_chunks, as_json):
+    """Embed and store the documents at PATH.
+
+    PATH is a JSON-lines file ({"id"|"_id", "text", "title"?, "metadata"?} per line), a BEIR
+    folder (its corpus.jsonl) or a folder of text files (id = relative path). A title is kept in
+    metadata["title"] and indexed as "title\\ntext". The file is checked before anything is
+    stored. Resumable: ids already in the store are skipped (their text is not compared), and
+    every finished batch is committed, so an interrupted run loses at most one batch."""
+    from memory_adapter import AttentionEnhancedMemory
+
+    from .corpus import open_corpus
+
+    start = time.perf_counter()
+    source = open_corpus(path)
+    db_path = _resolve_db(db)
+    store = _describe(db_path)
+    _check_model(ctx, db_path, store)
+    ids = [doc["id"] for doc in source]          # reads (and validates) every document
+    if not ids:
+        raise click.ClickException(f"{path}: no documents to index")
+    stored = 0
+
+    def report(skipped: int, documents: int) -> None:
+        seconds = time.perf_counter() - start
+        rate = stored / seconds if seconds > 0 else 0.0
+        if as_json:
+            _echo_json({"path": path, "db": db_path, "stored": stored, "skipped": skipped,
+                        "seconds": round(seconds, 3), "docs_per_second": round(rate, 2),
+                        "documents": documents})
+        else:
+            click.echo(f"stored {stored} documents, skipped {skipped} already stored, in "
+                       f"{seconds:.1f} s ({rate:,.1f} docs/s); {db_path} holds {documents} "
+                       "documents")
+
+    if store is not None and store["documents"] >= len(ids):
+        # everything may be stored already: find out without loading the embedding model
+        from memory_adapter.sqlite_store import SQLiteStore
+
+        with SQLiteStore(db_path, model_id=store["model_id"], dim=store["dim"]) as existing:
+            stored_ids = set(existing.ids())
+        if all(i in stored_ids for i in ids):
+            report(len(ids), len(stored_ids))
+            return
+    embedder = _embedder(ctx)
+    console = _stderr()
+    with AttentionEnhancedMemory.open(db_path, embedder=embedder) as memory:
+        existing = set(memory.document_store.ids())
+        skipped = sum(1 for i in ids if i in existing)
+        todo = len(ids) - skipped
+        try:
+            with _progress(console) as progress:
+                task = progress.add_task("indexing", total=todo)
+                batch: list[dict] = []
+
+                def flush():
+                    nonlocal stored
+                    if with_chunks:
+                        _add_chunks(embedder, batch)
+                    memory.store(batch)
+                    stored += len(batch)
+                    progress.advance(task, len(batch))
+                    batch.clear()
+
+                for doc in source:
+                    if doc["id"] in existing:
+                        continue
+                    batch.append({"id": doc["id"], "text": doc["text"],
+                                  "metadata": doc["metadata"]})
+                    if len(batch) >= batch_size:
+                        flush()
+                if batch:
+                    flush()
+        except KeyboardInterrupt:
+            click.echo(f"interrupted: {stored} documents stored in this run, {memory.count()} in "
+                       f"{db_path}; run the same command again to resume (stored documents are "
+                       "skipped)", err=True)
+            ctx.exit(130)
+        documents = memory.count()
+    report(skipped, documents)
+
+
+# ----------------------------------------------------------------------------------- search
+_MEMORY_CLASS = None
+
+
+def _search_memory_class():
+    """``AttentionEnhancedMemory`` with the scorer chosen by ``--mechanism`` and the query's
+    embedding time recorded (built on first use: it imports the reranker)."""
+    global _MEMORY_CLASS
+    if _MEMORY_CLASS is not None:
+        return _MEMORY_CLASS
+    import dataclasses
+
+    import numpy as np
+    from memory_adapter.attention_memory import AttentionEnhancedMemory, MemoryQuery
+
+    from .reranker import Reranker
+
+    class SearchMemory(AttentionEnhancedMemory):
+        """``mechanism``: ``None`` (the memory's choice: late interaction over stored token
+        vectors, else memory-attention), ``memory-attention`` (pooled vectors only: the query
+        is embedded without tokens), ``cross-attention`` (every candidate must have stored
+        token vectors) or ``hierarchical-cross-attention`` (every candidate must have stored
+        chunk vectors: ``rerank index --chunks``)."""
+
+        def __init__(self, *args, mechanism: str | None = None, **kwargs):
+            self.mechanism = mechanism
+            self.embed_ms = 0.0
+            super().__init__(*args, reranker=Reranker(mechanism), **kwargs)
+
+        def query(self, query):
+            start = time.perf_counter()
+            if self.mechanism in ("memory-attention", "hierarchical-cross-attention"):
+                q = MemoryQuery(self._embed_query(query))
+            else:
+                q = super().query(query)
+            self.embed_ms = (time.perf_counter() - start) * 1e3
+            if self.mechanism == "cross-attention" and q.tokens is None:
+                raise ValueError("cross-attention needs the query's token vectors: a text query "
+                                 "and an embedder with embed_tokens")
+            return q
+
+        def candidates(self, query, n, filter=None):
+            cands, scores = super().candidates(query, n, filter)
+            ids = list(cands.ids)
+            if self.mechanism == "cross-attention" and cands.tokens is None:
+                lacking = [i for i, t in zip(ids, self.token_vectors(ids)) if t is None]
+                raise ValueError(f"cross-attention needs stored token vectors, and {len(lacking)} "
+                                 f"of the {len(ids)} candidates have none (e.g. {lacking[:3]!r}); "
+                                 "re-index them with an embedder that stores tokens, or use "
+                                 "--mechanism memory-attention")
+            if self.mechanism == "hierarchical-cross-attention":
+                records = self.get(ids)
+                lacking = [i for i, r in zip(ids, records) if r is None or r.chunks is None]
+                if lacking:
+                    raise ValueError(
+                        f"hierarchical-cross-attention needs stored chunk vectors, and "
+                        f"{len(lacking)} of the {len(ids)} candidates have none (e.g. "
+                        f"{lacking[:3]!r}); index with `rerank index --chunks` (into a new --db, "
+                        "or after removing the old one: stored ids are skipped)")
+                parts = [r.chunks for r in records]
+                offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
+                cands = dataclasses.replace(cands, chunks=np.concatenate(parts),
+                                            chunk_offsets=offsets)
+            return cands, scores
+
+    _MEMORY_CLASS = SearchMemory
+    return SearchMemory
+
+
+def _parse_filter(text: str | None):
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc.msg} (column {exc.colno})",
+                                 param_hint="--filter") from None
+    if not isinstance(value, dict) or not value:
+        raise click.BadParameter('a JSON object {"field": value} or {"field": {"$in": [...]}}',
+                                 param_hint="--filter")
+    return value
+
+
+def _one_line(text, width: int = 80) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[:width - 1] + "…"
+
+
+@main.command()
+@click.argument("query")
+@click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(min=1),
+              help="How many results.")
+@click.option("--db", default=None, help=DB_HELP)
+@click.option("--mechanism", type=click.Choice(MECHANISMS), default=None,
+              help="Force a rerank scorer (default: late interaction over stored token vectors, "
+                   "else memory-attention).")
+@click.option("--filter", "filter_json", default=None, metavar="JSON",
+              help='Metadata filter: {"field": value} or {"field": {"$in": [...]}}.')
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def search(ctx, query, k, db, mechanism, filter_json, as_json):
+    """The top K documents for QUERY: vector candidates (k·3), attention rerank, top K."""
+    if not query.strip():
+        raise click.BadParameter("must not be empty", param_hint="QUERY")
+    filter = _parse_filter(filter_json)
+    db_path = _resolve_db(db)
+    store = _describe(db_path)
+    if store is None:
+        raise click.ClickException(f"no database at {db_path}: index documents first "
+                                   f"(rerank index PATH --db {db_path})")
+    if store["documents"] == 0:
+        raise click.ClickException(f"the database {db_path} holds no documents: index some "
+                                   f"first (rerank index PATH --db {db_path})")
+    if filter is None and k > store["documents"]:
+        raise click.ClickException(f"k = {k} but the database {db_path} holds only "
+                                   f"{store['documents']} documents; ask for at most "
+                                   f"{store['documents']}")
+    if mechanism == "cross-attention" and store.get("documents_with_tokens") == 0:
+        raise click.ClickException(f"cross-attention needs stored token vectors and the "
+                                   f"database {db_path} has none; use --mechanism "
+                                   "memory-attention, or re-index with token vectors")
+    _check_model(ctx, db_path, store)
+    embedder = _embedder(ctx)
+    with _search_memory_class().open(db_path, embedder=embedder, mechanism=mechanism) as memory:
+        ranked = memory.retrieve(query, k, filter=filter)
+        embed_ms = memory.embed_ms
+    timings = {"embed": embed_ms, **ranked.timings_ms}
+    timings["total"] = timings.get("total", 0.0) + embed_ms   # the query's embedding included
+    known = [key for key in ("embed", "retrieve", "rerank", "documents") if key in timings]
+    keys = known + [key for key in timings if key not in known and key != "total"] + ["total"]
+    timings = {key: round(timings[key], 3) for key in keys}
+    results = [{key: item[key] for key in ("corpus_id", "score", "text", "metadata")
+                if key in item} for item in ranked.results]
+    if ranked.fallback:
+        click.echo(f"warning: the rerank failed, results are in vector order: "
+                   f"{ranked.fallback}", err=True)
+    if as_json:
+        document = {"query": query, "mechanism": ranked.mechanism, "backend": ranked.backend,
+                    "timings_ms": timings, "results": results}
+        if ranked.fallback:
+            document["fallback"] = ranked.fallback
+        _echo_json(document)
+        return
+    table = Table(title=f"{query!r}: top {len(results)}")
+    table.add_column("#", justify="right")
+    table.add_column("id", overflow="fold")
+    table.add_column("score", justify="right")
+    table.add_column("text")
+    for rank, item in enumerate(results, start=1):
+        table.add_row(str(rank), str(item["corpus_id"]), f"{item['score']:.4f}",
+                      _one_line(item.get("text")))
+    console = Console()
+    console.print(table)
+    parts = [f"{key} {value:.2f} ms" for key, value in timings.items()]
+    console.print(f"{ranked.mechanism} on {ranked.backend} · " + " · ".join(parts),
+                  highlight=False)
+
+
+# ------------------------------------------------------------------------------------- eval
+@main.command("eval")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--db", default=None, help=DB_HELP + " It must hold the collection's corpus "
+              "(rerank index DIR --db …).")
+@click.option("--split", default="test", show_default=True, help="The qrels file: qrels/SPLIT.tsv.")
+@click.option("--depth", default=30, show_default=True, type=click.IntRange(min=1),
+              help="How many dense candidates the rerank methods reorder.")
+@click.option("--cv", is_flag=True, help="Also choose the text rerank's settings by 2-fold "
+              "cross-validation over queries (from the family declared in rerank.text_settings).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def eval_(ctx, directory, db, split, depth, cv, as_json):
+    """Measure dense retrieval and each rerank scorer on the BEIR collection in DIRECTORY
+    (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv): nDCG@10, recall@10/100, MRR@10, ms per
+    query, and a paired sign-flip test of each method's nDCG@10 against dense."""
+    from memory_adapter import AttentionEnhancedMemory
+
+    from .corpus import load_beir
+    from .evaluation import evaluate
+
+    dataset = load_beir(directory, split=split)
+    db_path = _resolve_db(db)
+    store = _describe(db_path)
+    if store is None or store["documents"] == 0:
+        raise click.ClickException(f"no indexed documents at {db_path}: index the collection "
+                                   f"first (rerank index {directory} --db {db_path})")
+    _check_model(ctx, db_path, store)
+    if store["documents"] < len(dataset.corpus):
+        click.echo(f"warning: {db_path} holds {store['documents']} documents but the corpus has "
+                   f"{len(dataset.corpus)}: finish `rerank index {directory}` for comparable "
+                   "numbers", err=True)
+    embedder = _embedder(ctx)
+    console = _stderr()
+    with AttentionEnhancedMemory.open(db_path, embedder=embedder) as memory, \
+            _progress(console) as progress:
+        task = progress.add_task("evaluating", total=len(dataset.queries))
+        result = evaluate(memory, dataset, depth=depth, cv=cv,
+                          progress=lambda done, total: progress.update(task, completed=done))
+    if as_json:
+        _echo_json(result)
+        return
+    table = Table(title=f"{result['dataset']}: {result['queries']} queries, "
+                        f"{result['documents']} documents, rerank depth {result['depth']}")
+    for column in ("method", "nDCG@10", "recall@10", "recall@100", "MRR@10", "ms/query",
+                   "p vs dense"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for m in result["methods"]:
+        table.add_row(m["method"] + (" ★" if m["default"] else ""), f"{m['ndcg@10']:.4f}",
+                      f"{m['recall@10']:.4f}", f"{m['recall@100']:.4f}", f"{m['mrr@10']:.4f}",
+                      f"{m['ms_per_query']:.2f}",
+                      "—" if m["p_value"] is None else f"{m['p_value']:.2g}")
+    out = Console()
+    out.print(table)
+    out.print(f"★ default · query embedding {result['embed_ms_per_query']:.2f} ms/query (not in "
+              "ms/query)", highlight=False)
+    for i, fold in enumerate(result.get("cross_validation", {}).get("folds", [])):
+        out.print(f"CV fold {i + 1}: chose {fold['label']} on {fold['train_queries']} queries "
+                  f"(nDCG@10 {fold['train_ndcg@10']:.4f}); held-out {fold['test_queries']} "
+                  f"queries: {fold['test_ndcg@10']:.4f}", highlight=False)

@@ -40,6 +40,7 @@ def _sections(source: str) -> dict[str, list[str]]:
     """Text lines per section heading (man: .SH, mdoc: .Sh), macros stripped."""
     sections: dict[str, list[str]] = {}
     current = None
+    page_name = ""                                        # mdoc: a bare .Nm repeats it
     for raw in source.splitlines():
         if raw.startswith((".SH", ".Sh", ".sh")) and len(raw) > 3 and raw[3] in " \t":
             current = roff_text(raw[4:]).strip().strip('"').upper()
@@ -54,6 +55,9 @@ def _sections(source: str) -> dict[str, list[str]]:
             elif macro in ("B", "I", "BI", "IB", "BR", "RB", "IR", "RI", "Nm", "Ar", "Fl",
                            "Xr", "Em", "Sy", "Pa", "Cm", "Dq", "Ql", "Li"):
                 words = [w.strip('"') for w in rest.split()]
+                if macro == "Nm":
+                    page_name = page_name or " ".join(words[:1])
+                    words = words or [page_name]
                 if macro == "Fl":
                     words = ["-" + w for w in words]
                 sections[current].append(" ".join(words) if macro in ("B", "I", "Nm", "Ar",

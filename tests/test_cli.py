@@ -41,3 +41,17 @@ def test_status_refuses_a_foreign_file(tmp_path):
     bad.write_bytes(b"not sqlite at all" * 100)
     out = CliRunner().invoke(main, ["status", "--db", str(bad)])
     assert out.exit_code != 0 and "not a readable rerank store" in out.output
+
+
+def test_status_reports_token_storage_per_document(tmp_path):
+    db = tmp_path / "tok.db"
+    rng = np.random.default_rng(0)
+    with UnifiedMemoryService.open(db, dim=8, model_id="unit-test") as mem:
+        mem.store([{"id": str(i), "vector": rng.standard_normal(8).astype(np.float32),
+                    "tokens": rng.standard_normal((10, 8)).astype(np.float32)} for i in range(3)])
+    store = json.loads(CliRunner().invoke(main, ["status", "--json", "--db", str(db)]).output)[
+        "store"]
+    assert store["token_dtype"] == "int8" and store["documents_with_tokens"] == 3
+    assert store["tokens_per_document"] == 10
+    assert store["token_bytes_per_document"] == 10 * (8 + 4)      # int8 codes + a float32 scale
+    assert store["vector_bytes_per_document"] == 8 * 4

@@ -176,3 +176,29 @@ def test_semantic_search_with_attention(service):
     assert asyncio.run(fresh.asemantic_search_with_attention("stocks dropped", 1)).ids == ["market"]
     with pytest.raises(ValueError, match="larger than the 4"):
         fresh.semantic_search_with_attention("x", 5)
+
+
+def test_the_packaged_model_loads_with_the_network_cut_off():
+    """In a fresh process where every socket connection raises, with no HF_HUB_OFFLINE set: the
+    model must come from the installed package alone, and give the same vector twice."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import socket
+        def refuse(*a, **k):
+            raise OSError("network access attempted")
+        socket.socket.connect = refuse
+        socket.create_connection = refuse
+        from embeddings_adapter import EmbeddingService
+        e = EmbeddingService()
+        a = e.embed(["offline text"]); b = e.embed(["offline text"])
+        assert (a == b).all() and a.shape == (1, 384)
+        print("ok")
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
