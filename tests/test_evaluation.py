@@ -139,3 +139,17 @@ def test_idf_and_query_token_weights():
     w = query_token_weights(TextRerankSettings(idf=True, words_only=True), [1, 2, 3], 5, words)
     np.testing.assert_allclose(w, idf_weights([1, 2, 3], 5) * words)
     assert DEFAULT in FAMILY and len(set(FAMILY)) == 24
+
+
+def test_memory_weights_query_tokens_by_the_stored_corpus_idf(memory):
+    q = memory.query("red whales near busy zebras")
+    pieces = WordEmbedder().token_ids(["red whales near busy zebras"])[0]
+    df, n = memory.document_store.document_frequencies(pieces)
+    assert n == 5 and df.tolist() == [1, 1, 1, 1, 0]          # "zebras" is in no document
+    np.testing.assert_allclose(q.weights, idf_weights(df, n), rtol=1e-6)
+    memory.delete(["d2"])                                      # statistics follow the corpus
+    df2, n2 = memory.document_store.document_frequencies(pieces)
+    assert n2 == 4 and df2.tolist() == [1, 0, 1, 1, 0]
+    memory.text_settings = TextRerankSettings(idf=False)
+    assert memory.query("red whales").weights is None
+    assert memory.query(memory.embedder.embed(["red"])[0]).tokens is None   # a vector query
