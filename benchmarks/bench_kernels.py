@@ -620,6 +620,8 @@ def section_late(args) -> dict:
                       "torch padded einsum MaxSim (2 threads)")
     for row in results:
         row["group"] = "late"
+    one, checks["late 1 thread"] = late_one_thread(qt, dt, offs, pad, lengths, shape, args)
+    results.extend(one)
 
     print("  -- hierarchical: 1 query × 30 docs × 8 chunks × d=384", flush=True)
     k = 8
@@ -665,6 +667,87 @@ def section_late(args) -> dict:
         row["group"] = "hierarchical"
     results.extend(hier)
     return {"rows": results, "checks": checks}
+
+
+@contextlib.contextmanager
+def rerank_one_thread():
+    threads = rerank.get_num_threads()
+    rerank.set_num_threads(1)
+    try:
+        yield
+    finally:
+        rerank.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def torch_one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def late_one_thread(qt, dt, offs, pad, lengths, shape, args):
+    """Late interaction side by side, one thread each: rerank on int8 codes (query quantised to 7
+    bits inside the kernel) and on float32 tokens, torch's padded einsum, sentence-transformers'
+    util.maxsim (when the installed version has it), and numpy's sgemm q·Dᵀ alone (no pooling)."""
+    import torch
+    import torch.nn.functional as F
+    from rerank.quantization import maxsim_error_bound, quantize_int8
+
+    print("  -- the same shape, one thread each", flush=True)
+    codes = quantize_int8(dt).codes           # the stored form (built at index time)
+    q_t, pad_t = torch.from_numpy(qt), torch.from_numpy(pad)
+    valid = torch.from_numpy(np.arange(pad.shape[1])[None, :] < lengths[:, None])
+    invalid = ~valid[:, None, :]
+
+    def torch_maxsim():
+        s = torch.einsum("td,cld->ctl", F.normalize(q_t, dim=-1), F.normalize(pad_t, dim=-1))
+        return s.masked_fill(invalid, float("-inf")).amax(dim=-1).mean(dim=-1)
+
+    ref = reference.late_interaction_scores(qt, dt, offs)[1]
+    with rerank_one_thread():
+        int8_sim = scoring.late_interaction(qt, codes, offs, details=True).similarity
+    bound = maxsim_error_bound(qt, codes, offs)
+    if not (np.abs(int8_sim - ref) <= bound + 1e-6).all():
+        raise SystemExit("sanity check failed: int8 MaxSim outside maxsim_error_bound")
+    checks = {"int8 vs float reference (max error)": float(np.abs(int8_sim - ref).max()),
+              "int8 error bound (max)": float(bound.max())}
+    with torch_one_thread():
+        checks["torch vs reference"] = check_close("torch MaxSim", torch_maxsim().numpy(), ref, 1e-5)
+    contenders = [
+        Contender("rerank late_interaction int8 (1 thread)",
+                  lambda: scoring.late_interaction(qt, codes, offs), rerank_one_thread, shape),
+        Contender("rerank late_interaction fp32 (1 thread)",
+                  lambda: scoring.late_interaction(qt, dt, offs), rerank_one_thread, shape),
+        Contender("torch padded einsum (1 thread)", torch_maxsim, torch_one_thread, shape),
+        Contender("numpy sgemm q·Dᵀ alone, no pooling (1 BLAS thread)", lambda: qt @ dt.T,
+                  numpy_blas_one_thread, shape),
+    ]
+    try:
+        from sentence_transformers import util as st_util
+    except ImportError:
+        st_util = None
+    if st_util is not None and hasattr(st_util, "maxsim"):
+        def st_maxsim():
+            return st_util.maxsim(F.normalize(q_t, dim=-1)[None], F.normalize(pad_t, dim=-1),
+                                  b_mask=valid, length_normalize=True)[0]
+
+        with torch_one_thread():
+            checks["sentence-transformers vs reference"] = check_close(
+                "util.maxsim", st_maxsim().numpy(), ref, 1e-5)
+        contenders.append(Contender("sentence-transformers util.maxsim (1 thread)", st_maxsim,
+                                    torch_one_thread, shape))
+    rows = measure(contenders, args.section_rounds["late"], args.target,
+                   "torch padded einsum (1 thread)")
+    for row in rows:
+        row["group"] = "late-1-thread"
+    return rows, checks
 
 
 # ------------------------------------------------------------------------------------------------
@@ -753,6 +836,12 @@ def markdown(report: dict) -> str:
                 "(final = z(dense) + λ·z(sim)); torch and numpy compute the MaxSim / pooled "
                 "similarity only. torch's padded tensor is built once, outside the timing.", ""]
         out += md_table([r for r in rows if r["group"] == "late"])
+        out += ["", "One thread each (int8: document codes as stored, the query quantised to 7 bits "
+                "in the kernel; MaxSim error vs float32 "
+                f"{secs['late']['checks']['late 1 thread']['int8 vs float reference (max error)']:.1e}, "
+                "bound "
+                f"{secs['late']['checks']['late 1 thread']['int8 error bound (max)']:.3f}):", ""]
+        out += md_table([r for r in rows if r["group"] == "late-1-thread"])
         out += [""]
         out += md_table([r for r in rows if r["group"] == "hierarchical"])
         out += load_line("late")

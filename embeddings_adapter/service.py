@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import numpy as np
 
@@ -180,17 +180,22 @@ class EmbeddingService:
         ids = [str(i) for i in ids]
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
+        vectors = self.embed(texts)
+        tokens, offsets = self.embed_tokens(texts)
+        pieces = self.token_ids(texts)
         with self._lock:
             if self._corpus is None:
                 self._corpus = {"index": HNSWIndex(self.dim, model_id=self.model_id),
-                                "texts": {}, "tokens": {}}
-        vectors = self.embed(texts)
-        tokens, offsets = self.embed_tokens(texts)
-        corpus = self._corpus
-        corpus["index"].add(ids, vectors)
-        for i, (doc_id, text) in enumerate(zip(ids, texts)):
-            corpus["texts"][doc_id] = text
-            corpus["tokens"][doc_id] = tokens[offsets[i]:offsets[i + 1]]
+                                "texts": {}, "tokens": {}, "pieces": {}, "df": Counter()}
+            corpus = self._corpus
+            corpus["index"].add(ids, vectors)
+            for i, doc_id in enumerate(ids):
+                if doc_id in corpus["pieces"]:
+                    corpus["df"].subtract(corpus["pieces"][doc_id])
+                corpus["texts"][doc_id] = texts[i]
+                corpus["tokens"][doc_id] = tokens[offsets[i]:offsets[i + 1]]
+                corpus["pieces"][doc_id] = set(pieces[i].tolist())
+                corpus["df"].update(corpus["pieces"][doc_id])
         return ids
 
     def search(self, query, n: int) -> list[dict]:
@@ -207,11 +212,13 @@ class EmbeddingService:
     def semantic_search_with_attention(self, query: str, k: int, *, overfetch: int = 3,
                                        mechanism: str | None = None):
         """ADR-029's first example: the k·overfetch nearest documents by vector, reranked by
-        attention (late interaction over token vectors, z-mixed with the vector score; or
-        ``mechanism="memory-attention"`` over the pooled vectors), top k as
-        :class:`rerank.RankedResults`."""
+        attention (late interaction over token vectors with the default text settings — IDF over
+        the added documents — z-mixed with the vector score; or ``mechanism="memory-attention"``
+        over the pooled vectors), top k as :class:`rerank.RankedResults`."""
+        from rerank import backend, scoring
         from rerank.pipeline import Pipeline
-        from rerank.reranker import Candidates, Reranker
+        from rerank.reranker import Candidates, RankedResults, Reranker, results_in_order
+        from rerank.text_settings import DEFAULT, query_token_weights
 
         if not isinstance(query, str):
             raise TypeError(f"query must be a string; got {type(query).__name__}")
@@ -236,7 +243,16 @@ class EmbeddingService:
         def rerank(q, cands, top):
             if mechanism == "memory-attention":
                 return reranker.rank(self.embed([query])[0], cands, top_k=top)
-            return reranker.rank(self.embed_tokens([query])[0], cands, top_k=top)
+            pieces = self.token_ids([query])[0]
+            corpus = self._corpus
+            weights = query_token_weights(DEFAULT, [corpus["df"][p] for p in pieces.tolist()],
+                                          len(corpus["pieces"]), self.is_word(pieces))
+            scores = scoring.late_interaction(self.embed_tokens([query])[0], cands.tokens,
+                                              cands.token_offsets, tau=DEFAULT.tau, idf=weights,
+                                              dense=cands.dense, lam=DEFAULT.lam)
+            order = np.argsort(-scores, kind="stable")[:top]
+            return RankedResults(results_in_order(cands, order, scores),
+                                 mechanism="cross-attention", backend=backend.active())
 
         total = 0 if self._corpus is None else self._corpus["index"].count
         return Pipeline(candidates, rerank, overfetch=overfetch).run(query, k, available=total)

@@ -112,8 +112,13 @@ class AttentionEnhancedMemory(UnifiedMemoryService):
 
     def candidate_tokens(self, ids) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The stored token vectors of ``ids`` as one ragged matrix (T, d) and offsets (c+1,),
-        or ``(None, None)`` when any of them has none."""
-        stored = self.token_vectors(ids)
+        or ``(None, None)`` when any of them has none. An int8 store gives its int8 codes as
+        they are (the int8 late-interaction kernel reads them; no dequantising)."""
+        store = self.document_store
+        if getattr(store, "token_dtype", None) == "int8" and hasattr(store, "token_codes"):
+            stored = [None if t is None else t.codes for t in store.token_codes(ids)]
+        else:
+            stored = self.token_vectors(ids)
         if not stored or any(t is None for t in stored):
             return None, None
         return (np.concatenate(stored),

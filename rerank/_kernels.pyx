@@ -8,9 +8,10 @@ the caller can raise a clear error.
 """
 cimport numpy as cnp
 from cython.parallel cimport prange, parallel
-from libc.math cimport sqrt, INFINITY
+from libc.math cimport sqrt, sqrtf, INFINITY
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
+from libc.stdint cimport int8_t, int32_t
 from scipy.linalg.cython_blas cimport sgemm
 
 cnp.import_array()
@@ -24,6 +25,14 @@ cdef extern from "_simd.h" nogil:
     float rr_exp_shift_sum(float *x, Py_ssize_t n, float shift)
     void rr_scale(float *x, Py_ssize_t n, float a)
     void rr_axpy(float *y, const float *x, Py_ssize_t n, float a)
+    int RR_I8_STEP
+    int rr_quantize_query(const float *x, Py_ssize_t d, int8_t *codes, Py_ssize_t dp)
+    int32_t rr_i8_norm2(const int8_t *x, Py_ssize_t n)
+    int32_t rr_i8_sum(const int8_t *x, Py_ssize_t n)
+    void rr_axpy_rows_i8(float *y, const int8_t *x, Py_ssize_t ld, Py_ssize_t rows,
+                         const float *a, Py_ssize_t n)
+    void rr_i8_tile(const int8_t *qc, const int32_t *qcorr, const float *qinv, int t,
+                    const int8_t *dc, const float *dinv, int cols, Py_ssize_t dp, float *s)
 
 cdef extern from *:
     """
@@ -414,25 +423,130 @@ cdef void _zmix(const float *dense, const float *sim, float lam, int c, float *o
                          + lam * ((sim[i] - ms) / ss if ss > 0 else 0.0))
 
 
+cdef struct Pool:
+    # One work item's pooling state: per query token r, stat[r] is the running max (or the online
+    # softmax's max), stat[t + r] = Σ_j e_j and stat[2t + r] = Σ_j e_j·s_j.
+    int t, d, has_dense, cand
+    float tau, inv_tau, wsum, qbar_n
+    const float *idf
+    const long long *offs
+    Py_ssize_t first
+    float *stat
+    float *p
+    float *dsum
+    const float *qbar
+    float *sim
+    float *out_dense
+
+
+cdef void _pool_tile(Pool *pl, const float *s, int cols, Py_ssize_t start, const float *inv_dn,
+                     const float *dtile, const signed char *ctile, Py_ssize_t ld) noexcept nogil:
+    """Fold s (t × cols) = q̂_r·d̂_j for document tokens first+start+j into the pooling of the
+    candidates they belong to, finishing those that end in this tile. Without a given dense score,
+    Σ_j d̂_j accumulates from token j = dtile[j·ld:] (float) or ctile[j·ld:] (int8) times inv_dn[j]."""
+    cdef int t = pl.t, d = pl.d, r
+    cdef Py_ssize_t j = 0, jj, stop
+    cdef const float *row
+    cdef float *stat = pl.stat
+    cdef float *p = pl.p
+    cdef float mx, e, val, nrm
+    while j < cols:                              # walk the candidates overlapping this tile
+        stop = pl.offs[pl.cand + 1] - pl.first - start
+        if stop > cols:
+            stop = cols
+        if not pl.has_dense and ctile != NULL:   # Σ_j d̂_ij for the pooled dense score
+            rr_axpy_rows_i8(pl.dsum, <const int8_t *>ctile + j * ld, ld, stop - j, inv_dn + j, d)
+        elif not pl.has_dense:
+            for jj in range(j, stop):
+                rr_axpy(pl.dsum, dtile + jj * ld, d, inv_dn[jj])
+        for r in range(t):
+            row = s + <Py_ssize_t>r * cols + j
+            if pl.tau <= 0.0:
+                mx = rr_max(row, stop - j)
+                if mx > stat[r]:
+                    stat[r] = mx
+            else:                                # online softmax over the candidate's tokens
+                for jj in range(stop - j):
+                    p[jj] = row[jj] * pl.inv_tau
+                mx = rr_max(p, stop - j)
+                if mx < stat[r]:
+                    mx = stat[r]
+                e = rr_exp(stat[r] - mx)
+                val = rr_exp_shift_sum(p, stop - j, mx)
+                stat[t + r] = stat[t + r] * e + val
+                stat[2 * t + r] = stat[2 * t + r] * e + rr_dot(p, row, stop - j)
+                stat[r] = mx
+        j = stop
+        if pl.offs[pl.cand + 1] - pl.first - start <= cols:     # candidate finished in this tile
+            val = 0.0
+            for r in range(t):
+                mx = stat[r] if pl.tau <= 0.0 else stat[2 * t + r] / stat[t + r]
+                val = val + (pl.idf[r] if pl.idf != NULL else 1.0) * mx
+                stat[r] = -INFINITY
+                stat[t + r] = 0.0
+                stat[2 * t + r] = 0.0
+            pl.sim[pl.cand] = val / pl.wsum
+            if not pl.has_dense:
+                nrm = sqrt(rr_dot(pl.dsum, pl.dsum, d))
+                pl.out_dense[pl.cand] = (rr_dot(pl.dsum, pl.qbar, d) / (nrm * pl.qbar_n)
+                                         if nrm > 0.0 and pl.qbar_n > 0.0 else 0.0)
+                memset(pl.dsum, 0, d * sizeof(float))
+            pl.cand = pl.cand + 1
+
+
+cdef int _pool_init(Pool *pl, int t, const float *idf, const long long *offs, int c0, int d,
+                    float tau, int has_dense, int block_tokens, float *sim,
+                    float *out_dense) noexcept nogil:
+    """Allocate and reset the pooling state of one work item; -1 when out of memory."""
+    cdef int r
+    pl.t = t
+    pl.d = d
+    pl.has_dense = has_dense
+    pl.cand = c0
+    pl.tau = tau
+    pl.inv_tau = 1.0 / tau if tau > 0.0 else 0.0
+    pl.wsum = 0.0
+    pl.qbar_n = 0.0
+    pl.idf = idf
+    pl.offs = offs
+    pl.first = offs[c0]
+    pl.sim = sim
+    pl.out_dense = out_dense
+    pl.stat = <float *>malloc(<Py_ssize_t>3 * t * sizeof(float))
+    pl.p = <float *>malloc(block_tokens * sizeof(float))
+    pl.dsum = <float *>calloc(d, sizeof(float))
+    if pl.stat == NULL or pl.p == NULL or pl.dsum == NULL:
+        return -1
+    for r in range(t):
+        pl.stat[r] = -INFINITY
+        pl.stat[t + r] = 0.0
+        pl.stat[2 * t + r] = 0.0
+        pl.wsum = pl.wsum + (idf[r] if idf != NULL else 1.0)
+    return 0
+
+
+cdef void _pool_free(Pool *pl) noexcept nogil:
+    free(pl.stat)
+    free(pl.p)
+    free(pl.dsum)
+
+
 cdef int _late_one(const float *qtok, int t, const float *idf, const float *dtok,
                    const long long *offs, int c0, int c1, int d, float tau, int has_dense,
                    int block_tokens, float *sim, float *out_dense) noexcept nogil:
     """One query's t tokens against its candidates c0 … c1−1, whose tokens are
     dtok[offs[i]:offs[i+1]]: writes the pooled similarity (and the dense score unless given)."""
-    cdef Py_ssize_t first = offs[c0], total = offs[c1] - offs[c0], start, stop, j, jj
-    cdef int r, i, cols, cand, bad = 0
-    cdef float nrm, wsum = 0.0, val, mx, e, qbar_n
+    cdef Pool pl
+    cdef Py_ssize_t first = offs[c0], total = offs[c1] - offs[c0], start, j, jj
+    cdef int r, cols, bad = _pool_init(&pl, t, idf, offs, c0, d, tau, has_dense, block_tokens,
+                                       sim, out_dense)
+    cdef float nrm
     cdef float *qn = <float *>malloc(<Py_ssize_t>t * d * sizeof(float))
     cdef float *qbar = <float *>calloc(d, sizeof(float))
-    cdef float *dsum = <float *>calloc(d, sizeof(float))
     cdef float *inv_dn = <float *>malloc(block_tokens * sizeof(float))
     cdef float *s = <float *>malloc(<Py_ssize_t>t * block_tokens * sizeof(float))
-    cdef float *stat = <float *>malloc(<Py_ssize_t>3 * t * sizeof(float))  # max | sum | Σ p·s
-    cdef float *p = <float *>malloc(block_tokens * sizeof(float))
-    cdef float inv_tau = 1.0 / tau if tau > 0.0 else 0.0
     cdef float *row
-    if (qn == NULL or qbar == NULL or dsum == NULL or inv_dn == NULL or s == NULL
-            or stat == NULL or p == NULL):
+    if bad or qn == NULL or qbar == NULL or inv_dn == NULL or s == NULL:
         bad = -1                                 # out of memory: freed below, reported above
     else:
         for r in range(t):
@@ -443,13 +557,8 @@ cdef int _late_one(const float *qtok, int t, const float *idf, const float *dtok
             for j in range(d):
                 qn[<Py_ssize_t>r * d + j] = row[j] / nrm if nrm > 0.0 else 0.0
             rr_axpy(qbar, qn + <Py_ssize_t>r * d, d, 1.0)
-            wsum = wsum + (idf[r] if idf != NULL else 1.0)
-        qbar_n = sqrt(rr_dot(qbar, qbar, d))
-        cand = c0
-        for r in range(t):
-            stat[r] = -INFINITY
-            stat[t + r] = 0.0
-            stat[2 * t + r] = 0.0
+        pl.qbar = qbar
+        pl.qbar_n = sqrt(rr_dot(qbar, qbar, d))
         start = 0
         while start < total and not bad:
             cols = <int>(total - start) if total - start < block_tokens else block_tokens
@@ -469,55 +578,160 @@ cdef int _late_one(const float *qtok, int t, const float *idf, const float *dtok
             for r in range(t):                       # s[r, j] = q̂_r·d̂_j
                 for jj in range(cols):
                     s[<Py_ssize_t>r * cols + jj] *= inv_dn[jj]
-            j = 0
-            while j < cols:                          # walk the candidates overlapping this tile
-                stop = offs[cand + 1] - first - start
-                if stop > cols:
-                    stop = cols
-                if not has_dense:                    # Σ_j d̂_ij for the pooled dense score
-                    for jj in range(j, stop):
-                        rr_axpy(dsum, dtok + (first + start + jj) * d, d, inv_dn[jj])
-                for r in range(t):
-                    row = s + <Py_ssize_t>r * cols + j
-                    if tau <= 0.0:
-                        mx = rr_max(row, stop - j)
-                        if mx > stat[r]:
-                            stat[r] = mx
-                    else:                            # online softmax over the candidate's tokens
-                        for jj in range(stop - j):
-                            p[jj] = row[jj] * inv_tau
-                        mx = rr_max(p, stop - j)
-                        if mx < stat[r]:
-                            mx = stat[r]
-                        e = rr_exp(stat[r] - mx)
-                        val = rr_exp_shift_sum(p, stop - j, mx)
-                        stat[t + r] = stat[t + r] * e + val
-                        stat[2 * t + r] = stat[2 * t + r] * e + rr_dot(p, row, stop - j)
-                        stat[r] = mx
-                j = stop
-                if offs[cand + 1] - first - start <= cols:     # candidate finished in this tile
-                    val = 0.0
-                    for r in range(t):
-                        mx = stat[r] if tau <= 0.0 else stat[2 * t + r] / stat[t + r]
-                        val = val + (idf[r] if idf != NULL else 1.0) * mx
-                        stat[r] = -INFINITY
-                        stat[t + r] = 0.0
-                        stat[2 * t + r] = 0.0
-                    sim[cand] = val / wsum
-                    if not has_dense:
-                        nrm = sqrt(rr_dot(dsum, dsum, d))
-                        out_dense[cand] = (rr_dot(dsum, qbar, d) / (nrm * qbar_n)
-                                           if nrm > 0.0 and qbar_n > 0.0 else 0.0)
-                        memset(dsum, 0, d * sizeof(float))
-                    cand = cand + 1
+            _pool_tile(&pl, s, cols, start, inv_dn, dtok + (first + start) * d, NULL, d)
             start = start + cols
+    _pool_free(&pl)
     free(qn)
     free(qbar)
-    free(dsum)
     free(inv_dn)
     free(s)
-    free(stat)
-    free(p)
+    return bad
+
+
+cdef int _late_one_int8(const float *qtok, int t, const float *idf, const signed char *codes,
+                        const long long *offs, int c0, int c1, int d, float tau, int has_dense,
+                        int block_tokens, float *sim, float *out_dense) noexcept nogil:
+    """_late_one on int8 document codes b: s[r, j] = cos(a_r, b_j) with a_r the query token's
+    7-bit codes (rr_quantize_query), by exact integer dot products; the default dense score is
+    cos(Σ_r a_r/‖a_r‖, Σ_j b_j/‖b_j‖)."""
+    cdef Pool pl
+    cdef Py_ssize_t first = offs[c0], total = offs[c1] - offs[c0], start, j
+    cdef Py_ssize_t dp = (d + RR_I8_STEP - 1) // RR_I8_STEP * RR_I8_STEP
+    cdef int r, cols, n2, bad = _pool_init(&pl, t, idf, offs, c0, d, tau, has_dense,
+                                           block_tokens, sim, out_dense)
+    cdef int8_t *qc = <int8_t *>malloc(<Py_ssize_t>t * dp)
+    cdef int32_t *qcorr = <int32_t *>malloc(t * sizeof(int32_t))
+    cdef float *qinv = <float *>malloc(t * sizeof(float))
+    cdef float *qbar = <float *>calloc(d, sizeof(float))
+    cdef float *inv_dn = <float *>malloc(block_tokens * sizeof(float))
+    cdef float *s = <float *>malloc(<Py_ssize_t>t * block_tokens * sizeof(float))
+    cdef int8_t *padded = NULL                  # the tile with rows padded to dp bytes
+    cdef const int8_t *tile
+    cdef const float *row
+    if dp != d:
+        padded = <int8_t *>calloc(<Py_ssize_t>block_tokens * dp, 1)
+    if (bad or qc == NULL or qcorr == NULL or qinv == NULL or qbar == NULL or inv_dn == NULL
+            or s == NULL or (dp != d and padded == NULL)):
+        bad = -1                                 # out of memory: freed below, reported above
+    else:
+        for r in range(t):
+            row = qtok + <Py_ssize_t>r * d
+            if rr_quantize_query(row, d, qc + r * dp, dp):
+                bad = 1
+                break
+            n2 = rr_i8_norm2(qc + r * dp, d)
+            qinv[r] = <float>1.0 / sqrtf(<float>n2) if n2 > 0 else 0.0
+            qcorr[r] = 128 * rr_i8_sum(qc + r * dp, d)
+            if not has_dense:
+                rr_axpy_rows_i8(qbar, qc + r * dp, dp, 1, qinv + r, d)
+        pl.qbar = qbar
+        pl.qbar_n = sqrt(rr_dot(qbar, qbar, d))
+        start = 0
+        while start < total and not bad:
+            cols = <int>(total - start) if total - start < block_tokens else block_tokens
+            tile = <const int8_t *>codes + (first + start) * d
+            if padded != NULL:
+                for j in range(cols):
+                    memcpy(padded + j * dp, tile + j * d, d)
+                tile = padded
+            for j in range(cols):
+                n2 = rr_i8_norm2(tile + j * dp, d)
+                inv_dn[j] = <float>1.0 / sqrtf(<float>n2) if n2 > 0 else 0.0
+            rr_i8_tile(qc, qcorr, qinv, t, tile, inv_dn, cols, dp, s)
+            _pool_tile(&pl, s, cols, start, inv_dn, NULL, <const signed char *>tile, dp)
+            start = start + cols
+    _pool_free(&pl)
+    free(qc)
+    free(qcorr)
+    free(qinv)
+    free(qbar)
+    free(inv_dn)
+    free(s)
+    free(padded)
+    return bad
+
+
+cdef struct LateJob:
+    # The arrays of one late_interaction call (see its docstring); exactly one of dtok, codes is set.
+    const float *qtok
+    const long long *q_off
+    const float *idf
+    const float *dtok
+    const signed char *codes
+    const long long *d_off
+    const long long *items
+    int c, d, block_tokens, has_dense
+    float tau
+    float *sim
+    float *dense
+
+
+cdef int _late_item(const LateJob *job, Py_ssize_t it) noexcept nogil:
+    cdef Py_ssize_t qi = job.items[3 * it]
+    cdef const long long *qo = job.q_off
+    cdef int t = <int>(qo[qi + 1] - qo[qi])
+    cdef int c0 = <int>job.items[3 * it + 1], c1 = <int>job.items[3 * it + 2]
+    cdef const float *idf = job.idf
+    if idf != NULL:
+        idf = idf + qo[qi]
+    cdef const long long *offs = job.d_off + qi * (job.c + 1)
+    if job.codes != NULL:
+        return _late_one_int8(job.qtok + qo[qi] * job.d, t, idf, job.codes, offs, c0, c1, job.d,
+                              job.tau, job.has_dense, job.block_tokens, job.sim + qi * job.c,
+                              job.dense + qi * job.c)
+    return _late_one(job.qtok + qo[qi] * job.d, t, idf, job.dtok, offs, c0, c1, job.d, job.tau,
+                     job.has_dense, job.block_tokens, job.sim + qi * job.c, job.dense + qi * job.c)
+
+
+cdef void _late_job(cnp.ndarray qtok, cnp.ndarray q_off, object idf, cnp.ndarray d_off,
+                      cnp.ndarray items, float tau, object dense, cnp.ndarray out_sim,
+                      cnp.ndarray out_dense, int block_tokens, LateJob *job):
+    job.qtok = <const float *>cnp.PyArray_DATA(qtok)
+    job.q_off = <const long long *>cnp.PyArray_DATA(q_off)
+    job.idf = NULL
+    if idf is not None:
+        job.idf = <const float *>cnp.PyArray_DATA(idf)
+    job.dtok = NULL
+    job.codes = NULL
+    job.d_off = <const long long *>cnp.PyArray_DATA(d_off)
+    job.items = <const long long *>cnp.PyArray_DATA(items)
+    job.c = d_off.shape[1] - 1
+    job.d = qtok.shape[1]
+    job.block_tokens = block_tokens
+    job.has_dense = dense is not None
+    job.tau = tau
+    job.sim = <float *>cnp.PyArray_DATA(out_sim)
+    job.dense = <float *>cnp.PyArray_DATA(out_dense)
+
+
+cdef int _late_run(const LateJob *job, Py_ssize_t K, int num_threads, size_t blas_setter,
+                   const float *dense, float lam, int M, float *final) noexcept nogil:
+    """Run the K work items on up to num_threads threads, then final = z(dense) + λ·z(sim) per
+    query (dense: the given scores, or NULL for the pooled ones); -1 when out of memory, else
+    the non-finite count."""
+    cdef Py_ssize_t it, qi
+    cdef int c = job.c, bad = 0, oom = 0, one, blas_prev = 0
+    cdef int threads = num_threads if num_threads < K else <int>K
+    if threads < 1:
+        threads = 1
+    with parallel(num_threads=threads):
+        blas_prev = _blas_threads_local(blas_setter, 1)
+        for it in prange(K, schedule="dynamic"):
+            one = _late_item(job, it)
+            if one < 0:
+                oom += 1
+            else:
+                bad += one
+        _blas_threads_local(blas_setter, blas_prev)
+    if oom:
+        return -1
+    if bad:
+        return bad
+    for qi in range(M):
+        if dense != NULL:
+            memcpy(job.dense + qi * c, dense + qi * c, c * sizeof(float))
+        bad += rr_nonfinite(job.sim + qi * c, c)
+        _zmix(job.dense + qi * c, job.sim + qi * c, lam, c, final + qi * c)
     return bad
 
 
@@ -534,44 +748,113 @@ def late_interaction(cnp.ndarray qtok, cnp.ndarray q_off, object idf, cnp.ndarra
     blas_setter: the address of openblas_set_num_threads_local (or 0).
     Writes final = z(dense) + lam·z(sim), sim and dense (M, c); returns the non-finite count.
     """
-    cdef int M = d_off.shape[0], c = d_off.shape[1] - 1, d = qtok.shape[1]
-    cdef Py_ssize_t K = items.shape[0], it, qi
-    cdef const float *qp = <const float *>cnp.PyArray_DATA(qtok)
-    cdef const long long *qo = <const long long *>cnp.PyArray_DATA(q_off)
-    cdef const float *ip = NULL if idf is None else <const float *>cnp.PyArray_DATA(idf)
-    cdef const float *dp = <const float *>cnp.PyArray_DATA(dtok)
-    cdef const long long *do = <const long long *>cnp.PyArray_DATA(d_off)
-    cdef const long long *wk = <const long long *>cnp.PyArray_DATA(items)
-    cdef int has_dense = dense is not None
-    cdef const float *dnp = NULL if dense is None else <const float *>cnp.PyArray_DATA(dense)
+    cdef LateJob job
+    _late_job(qtok, q_off, idf, d_off, items, tau, dense, out_sim, out_dense, block_tokens, &job)
+    job.dtok = <const float *>cnp.PyArray_DATA(dtok)
+    cdef const float *dnp = NULL
+    if dense is not None:
+        dnp = <const float *>cnp.PyArray_DATA(dense)
     cdef float *fp = <float *>cnp.PyArray_DATA(out_final)
-    cdef float *sp = <float *>cnp.PyArray_DATA(out_sim)
-    cdef float *ep = <float *>cnp.PyArray_DATA(out_dense)
-    cdef int bad = 0, oom = 0, one, threads = num_threads if num_threads < K else <int>K
-    cdef int blas_prev
-    if threads < 1:
-        threads = 1
-    with nogil, parallel(num_threads=threads):
-        blas_prev = _blas_threads_local(blas_setter, 1)
-        for it in prange(K, schedule="dynamic"):
-            qi = wk[3 * it]
-            one = _late_one(qp + qo[qi] * d, <int>(qo[qi + 1] - qo[qi]),
-                             NULL if ip == NULL else ip + qo[qi], dp, do + qi * (c + 1),
-                             <int>wk[3 * it + 1], <int>wk[3 * it + 2], d, tau, has_dense,
-                             block_tokens, sp + qi * c, ep + qi * c)
-            if one < 0:
-                oom += 1
-            else:
-                bad += one
-        _blas_threads_local(blas_setter, blas_prev)
-    if oom:
-        return -1
-    if bad:
-        return bad
+    cdef Py_ssize_t K = items.shape[0]
+    cdef int M = d_off.shape[0]
+    cdef int bad
     with nogil:
-        for qi in range(M):
-            if has_dense:
-                memcpy(ep + qi * c, dnp + qi * c, c * sizeof(float))
-            bad += rr_nonfinite(sp + qi * c, c)
-            _zmix(ep + qi * c, sp + qi * c, lam, c, fp + qi * c)
+        bad = _late_run(&job, K, num_threads, blas_setter, dnp, lam, M, fp)
     return bad
+
+
+def late_interaction_int8(cnp.ndarray qtok, cnp.ndarray q_off, object idf, cnp.ndarray codes,
+                          cnp.ndarray d_off, cnp.ndarray items, float tau, object dense,
+                          float lam, cnp.ndarray out_final, cnp.ndarray out_sim,
+                          cnp.ndarray out_dense, int num_threads, int block_tokens):
+    """late_interaction on int8 document codes (D, d), C-contiguous, d < 2¹⁶: s = cos(a_t, b_j),
+    a_t = rint(64·q_t/max|q_t|) the query token's 7-bit codes, by exact integer dot products
+    (AVX2 vpmaddubsw where compiled with it); the default dense score is the cosine of the mean
+    normalised codes. Everything else as in late_interaction (no BLAS involved)."""
+    cdef LateJob job
+    _late_job(qtok, q_off, idf, d_off, items, tau, dense, out_sim, out_dense, block_tokens, &job)
+    job.codes = <const signed char *>cnp.PyArray_DATA(codes)
+    cdef const float *dnp = NULL
+    if dense is not None:
+        dnp = <const float *>cnp.PyArray_DATA(dense)
+    cdef float *fp = <float *>cnp.PyArray_DATA(out_final)
+    cdef Py_ssize_t K = items.shape[0]
+    cdef int M = d_off.shape[0]
+    cdef int bad
+    with nogil:
+        bad = _late_run(&job, K, num_threads, 0, dnp, lam, M, fp)
+    return bad
+
+
+cdef inline bint _plain(object x, int typenum, int ndim):
+    """x is exactly an ndarray of this dtype and rank, C-contiguous."""
+    return (cnp.PyArray_CheckExact(x) and cnp.PyArray_TYPE(<cnp.ndarray>x) == typenum
+            and cnp.PyArray_NDIM(<cnp.ndarray>x) == ndim
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x))
+
+
+def late_interaction_int8_one(object query_tokens, object codes, object offsets, object tau,
+                              object dense, object lam, int num_threads, long long split_work,
+                              int block_tokens):
+    """Fast path of one validated int8 late-interaction call (one query, no idf): (final, sim,
+    dense) (c,) for float32 C-contiguous query tokens (t, d), int8 codes (T, d) and int64
+    offsets (c+1,), or None when anything needs the general path (other types or shapes, bad
+    values, or work it would share among num_threads threads: over split_work multiply-adds);
+    that path validates and raises the precise error. Raises FloatingPointError on NaN/Inf."""
+    if not (_plain(query_tokens, cnp.NPY_FLOAT32, 2) and _plain(codes, cnp.NPY_INT8, 2)
+            and _plain(offsets, cnp.NPY_INT64, 1) and (tau is None or type(tau) is float)
+            and type(lam) is float and (dense is None or _plain(dense, cnp.NPY_FLOAT32, 1))):
+        return None
+    cdef cnp.ndarray qa = <cnp.ndarray>query_tokens
+    cdef cnp.ndarray ca = <cnp.ndarray>codes
+    cdef cnp.ndarray oa = <cnp.ndarray>offsets
+    cdef Py_ssize_t t = qa.shape[0], d = qa.shape[1], T = ca.shape[0], c = oa.shape[0] - 1, i
+    cdef const long long *offs = <const long long *>cnp.PyArray_DATA(oa)
+    cdef float tau_f = -1.0 if tau is None else <float>tau, lam_f = lam
+    if (t == 0 or d == 0 or T == 0 or c < 1 or ca.shape[1] != d or d > 65536
+            or (num_threads > 1 and t * T * d > split_work)
+            or (tau is not None and not (0.0 < tau_f < INFINITY))
+            or not (-INFINITY < lam_f < INFINITY)
+            or (dense is not None and (<cnp.ndarray>dense).shape[0] != c)
+            or offs[0] != 0 or offs[c] != T):
+        return None
+    for i in range(c):
+        if offs[i + 1] <= offs[i]:
+            return None
+    cdef const float *dnp = NULL
+    if dense is not None:
+        dnp = <const float *>cnp.PyArray_DATA(<cnp.ndarray>dense)
+        if rr_nonfinite(dnp, c):
+            return None
+    cdef cnp.npy_intp dims[1]
+    dims[0] = c
+    cdef cnp.ndarray final = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT32, 0)
+    cdef cnp.ndarray sim = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT32, 0)
+    cdef cnp.ndarray dense_out = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT32, 0)
+    cdef long long q_off[2]
+    cdef long long item[3]
+    q_off[0], q_off[1] = 0, t
+    item[0], item[1], item[2] = 0, 0, c
+    cdef LateJob job
+    job.qtok = <const float *>cnp.PyArray_DATA(qa)
+    job.q_off = q_off
+    job.idf = NULL
+    job.dtok = NULL
+    job.codes = <const signed char *>cnp.PyArray_DATA(ca)
+    job.d_off = offs
+    job.items = item
+    job.c = <int>c
+    job.d = <int>d
+    job.block_tokens = block_tokens
+    job.has_dense = dense is not None
+    job.tau = tau_f
+    job.sim = <float *>cnp.PyArray_DATA(sim)
+    job.dense = <float *>cnp.PyArray_DATA(dense_out)
+    cdef int bad
+    with nogil:
+        bad = _late_run(&job, 1, 1, 0, dnp, lam_f, 1, <float *>cnp.PyArray_DATA(final))
+    if bad < 0:
+        raise MemoryError(f"late interaction could not allocate scratch for {c} candidates")
+    if bad:
+        raise FloatingPointError("late interaction met NaN or Inf")
+    return final, sim, dense_out

@@ -180,4 +180,175 @@ static inline void rr_axpy(float *y, const float *x, Py_ssize_t n, float a) {
     for (Py_ssize_t j = 0; j < n; ++j) y[j] += a * x[j];
 }
 
+
+/* ------------------------------------------------------------------------------------------
+ * int8 late interaction. Query codes a ∈ [−64, 64] (7 bits), document codes b ∈ [−128, 127].
+ * With AVX2, u = b ⊕ 0x80 = b + 128 ∈ [0, 255] is the unsigned operand of vpmaddubsw, whose int16
+ * pair sums stay within ±2·255·64 = 32640 (no saturation); then Σ u·a − 128·Σ a = Σ b·a exactly.
+ * Rows are read RR_I8_STEP bytes at a time: both operands are zero-padded to a multiple of it. */
+#define RR_I8_STEP 32
+
+/* codes[k] = rint(64·x[k] / max|x|) for k < d, 0 for d ≤ k < dp (a zero row gives zeros);
+ * double precision, so no scale overflows and rerank.quantization.quantize_query agrees exactly.
+ * Returns 1 (codes untouched) when x holds NaN or ±Inf. */
+static inline int rr_quantize_query(const float *x, Py_ssize_t d, int8_t *codes, Py_ssize_t dp) {
+    float peak = 0.0f;
+    for (Py_ssize_t k = 0; k < d; ++k) {
+        float a = x[k] < 0 ? -x[k] : x[k];
+        if (!(a <= 3.4028234663852886e38f)) return 1;
+        peak = a > peak ? a : peak;
+    }
+    double inv = peak > 0.0f ? 64.0 / (double)peak : 0.0;
+    for (Py_ssize_t k = 0; k < d; ++k) {
+        double c = __builtin_rint((double)x[k] * inv);
+        codes[k] = (int8_t)(c > 64.0 ? 64.0 : (c < -64.0 ? -64.0 : c));
+    }
+    memset(codes + d, 0, (size_t)(dp - d));
+    return 0;
+}
+
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+/* Σ x[k]² (exact for n < 2¹⁷). */
+static inline int32_t rr_i8_norm2(const int8_t *x, Py_ssize_t n) {
+    Py_ssize_t k = 0;
+    int32_t s = 0;
+#ifdef __AVX2__
+    __m256i acc = _mm256_setzero_si256();
+    for (; k + 16 <= n; k += 16) {
+        __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + k)));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(w, w));
+    }
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    h = _mm_hadd_epi32(h, h);
+    s = _mm_cvtsi128_si32(_mm_hadd_epi32(h, h));
+#endif
+    for (; k < n; ++k) s += (int32_t)x[k] * x[k];
+    return s;
+}
+
+/* Σ x[k] (exact). */
+static inline int32_t rr_i8_sum(const int8_t *x, Py_ssize_t n) {
+    int32_t s = 0;
+    for (Py_ssize_t k = 0; k < n; ++k) s += x[k];
+    return s;
+}
+
+/* y += Σ_r a[r]·x[r·ld : r·ld + n] over `rows` int8 rows; four rows per pass over y. */
+static inline void rr_axpy_rows_i8(float *y, const int8_t *x, Py_ssize_t ld, Py_ssize_t rows,
+                                   const float *a, Py_ssize_t n) {
+    Py_ssize_t r = 0, k;
+#ifdef __AVX2__
+    for (; r + 4 <= rows; r += 4) {
+        const int8_t *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;
+        __m256 a0 = _mm256_set1_ps(a[r]), a1 = _mm256_set1_ps(a[r + 1]);
+        __m256 a2 = _mm256_set1_ps(a[r + 2]), a3 = _mm256_set1_ps(a[r + 3]);
+        for (k = 0; k + 8 <= n; k += 8) {
+#define RR__I8F(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((p) + k))))
+            __m256 v = _mm256_fmadd_ps(a0, RR__I8F(x0), _mm256_loadu_ps(y + k));
+            v = _mm256_fmadd_ps(a1, RR__I8F(x1), v);
+            v = _mm256_fmadd_ps(a2, RR__I8F(x2), v);
+            _mm256_storeu_ps(y + k, _mm256_fmadd_ps(a3, RR__I8F(x3), v));
+#undef RR__I8F
+        }
+        for (; k < n; ++k) y[k] += a[r] * x0[k] + a[r + 1] * x1[k] + a[r + 2] * x2[k] + a[r + 3] * x3[k];
+    }
+#endif
+    for (; r < rows; ++r)
+        for (k = 0; k < n; ++k) y[k] += a[r] * x[r * ld + k];
+}
+
+#ifdef __AVX2__
+/* [Σ lanes of a, of b, of c, of d]. */
+static inline __m128i rr__hsum4_epi32(__m256i a, __m256i b, __m256i c, __m256i d) {
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* out[x][y] = Σ_k (doc_x[k] + 128)·q_y[k] for nd ≤ 2 document rows and nq ≤ 4 query rows, all
+ * dp bytes long with stride dp. Inlined with constant nd, nq: the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void rr__i8_block(
+        const int8_t *q, const int8_t *doc, Py_ssize_t dp, int nd, int nq, __m128i out[2]) {
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
+    __m256i acc[2][4];
+    for (int x = 0; x < 2; ++x)
+        for (int y = 0; y < 4; ++y) acc[x][y] = _mm256_setzero_si256();
+    for (Py_ssize_t k = 0; k < dp; k += RR_I8_STEP) {
+        __m256i u[2];
+        for (int x = 0; x < nd; ++x)
+            u[x] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(doc + x * dp + k)), flip);
+        for (int y = 0; y < nq; ++y) {
+            __m256i a = _mm256_loadu_si256((const __m256i *)(q + y * dp + k));
+            for (int x = 0; x < nd; ++x)
+                acc[x][y] = _mm256_add_epi32(
+                    acc[x][y], _mm256_madd_epi16(_mm256_maddubs_epi16(u[x], a), ones));
+        }
+    }
+    for (int x = 0; x < nd; ++x)
+        out[x] = rr__hsum4_epi32(acc[x][0], acc[x][1], acc[x][2], acc[x][3]);
+}
+
+#define RR__I8_CASE(ND, NQ) case 4 * (ND) + (NQ): rr__i8_block(q, doc, dp, ND, NQ, out); break;
+
+static inline void rr__i8_dots(const int8_t *q, const int8_t *doc, Py_ssize_t dp, int nd, int nq,
+                               __m128i out[2]) {
+    switch (4 * nd + nq) {
+        RR__I8_CASE(2, 4) RR__I8_CASE(2, 3) RR__I8_CASE(2, 2) RR__I8_CASE(2, 1)
+        RR__I8_CASE(1, 4) RR__I8_CASE(1, 3) RR__I8_CASE(1, 2) default: RR__I8_CASE(1, 1)
+    }
+}
+#endif
+
+/* s[r·cols + j] = (a_r·b_j)·qinv[r]·dinv[j] for t query rows a (int8, stride dp, qcorr[r] = 128·Σ a_r)
+ * and cols document rows b (int8, stride dp): cosines when qinv, dinv are inverse norms. */
+static inline void rr_i8_tile(const int8_t *qc, const int32_t *qcorr, const float *qinv, int t,
+                              const int8_t *dc, const float *dinv, int cols, Py_ssize_t dp,
+                              float *s) {
+#ifdef __AVX2__
+    for (int j = 0; j < cols; j += 2) {
+        int nd = cols - j < 2 ? 1 : 2;
+        for (int r = 0; r < t; r += 4) {
+            int nq = t - r < 4 ? t - r : 4;
+            __m128i out[2];
+            rr__i8_dots(qc + r * dp, dc + j * dp, dp, nd, nq, out);
+            if (nd == 2 && nq == 4) {       /* rows r…r+3 × columns j, j+1: four 2-float stores */
+                __m128i corr = _mm_loadu_si128((const __m128i *)(qcorr + r));
+                __m128 qs = _mm_loadu_ps(qinv + r);
+                __m128 v0 = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(_mm_sub_epi32(out[0], corr)), qs),
+                                       _mm_set1_ps(dinv[j]));
+                __m128 v1 = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(_mm_sub_epi32(out[1], corr)), qs),
+                                       _mm_set1_ps(dinv[j + 1]));
+                __m128 lo = _mm_unpacklo_ps(v0, v1), hi = _mm_unpackhi_ps(v0, v1);
+                float *o = s + (Py_ssize_t)r * cols + j;
+                _mm_storel_pi((__m64 *)o, lo);
+                _mm_storeh_pi((__m64 *)(o + cols), lo);
+                _mm_storel_pi((__m64 *)(o + 2 * cols), hi);
+                _mm_storeh_pi((__m64 *)(o + 3 * cols), hi);
+                continue;
+            }
+            int32_t dots[4];
+            for (int x = 0; x < nd; ++x) {
+                _mm_storeu_si128((__m128i *)dots, out[x]);
+                for (int y = 0; y < nq; ++y)
+                    s[(Py_ssize_t)(r + y) * cols + j + x] =
+                        (float)(dots[y] - qcorr[r + y]) * qinv[r + y] * dinv[j + x];
+            }
+        }
+    }
+#else
+    for (int j = 0; j < cols; ++j) {
+        const int8_t *b = dc + j * dp;
+        for (int r = 0; r < t; ++r) {
+            const int8_t *a = qc + r * dp;
+            int32_t dot = 0;
+            for (Py_ssize_t k = 0; k < dp; ++k) dot += (int32_t)a[k] * b[k];
+            s[(Py_ssize_t)r * cols + j] = (float)dot * qinv[r] * dinv[j];
+        }
+    }
+    (void)qcorr;
+#endif
+}
+
 #endif

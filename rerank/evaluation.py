@@ -41,7 +41,11 @@ def _zmix(dense: np.ndarray, sim: np.ndarray, lam: float) -> np.ndarray:
 
 
 def _pooled_chunks(tokens: np.ndarray, offsets: np.ndarray, size: int):
-    """Chunk vectors: the normalised mean of each run of ``size`` token vectors per document."""
+    """Chunk vectors: the normalised mean of each run of ``size`` token vectors per document
+    (int8 codes are normalised per token first: their scales do not matter)."""
+    if tokens.dtype == np.int8:
+        tokens = tokens.astype(np.float32)
+        tokens /= np.maximum(np.linalg.norm(tokens, axis=1, keepdims=True), 1e-12)
     chunks, counts = [], []
     for a, b in zip(offsets[:-1], offsets[1:]):
         parts = [tokens[i:min(i + size, b)].mean(axis=0) for i in range(a, b, size)]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .quantization import quantize_query
+
 #: Relative spread under which a z-score treats a signal as constant (all candidates tied).
 ZSCORE_RTOL = 1e-6
 
@@ -143,6 +145,17 @@ def late_interaction_scores(query_tokens, doc_tokens, doc_offsets, *, tau=None, 
     dense = _pooled_dense(q, docs, offsets) if dense is None else np.asarray(dense, np.float64)
     final = zscore(dense) + lam * zscore(sims)
     return final.astype(np.float32), sims.astype(np.float32), dense.astype(np.float32)
+
+
+def late_interaction_int8_scores(query_tokens, doc_codes, doc_offsets, *, tau=None, idf=None,
+                                 dense=None, lam=1.0):
+    """:func:`late_interaction_scores` as the int8 kernel computes it: document tokens are int8
+    codes b (their scales cancel in the cosine) and query tokens are quantised to 7-bit codes
+    a_t = quantize_query(q_t), so every similarity is cos(a_t, b_ij) and ``dense`` defaults to
+    cos(mean â_t, mean b̂_ij). Returns ``(final, maxsim, dense)``, each (c,)."""
+    a = quantize_query(query_tokens).codes.astype(np.float64)
+    return late_interaction_scores(a, np.asarray(doc_codes, dtype=np.float64), doc_offsets,
+                                   tau=tau, idf=idf, dense=dense, lam=lam)
 
 
 def hierarchical_scores(query, chunks, chunk_offsets, *, tau=0.1, dense=None, lam=1.0):

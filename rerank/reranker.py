@@ -24,9 +24,10 @@ SCORERS = ("memory-attention", "cross-attention", "hierarchical-cross-attention"
 @dataclass
 class Candidates:
     """A candidate set: pooled ``vectors`` (c, d) and, optionally, ``ids``, ``texts``, ``metadata``,
-    token vectors (``tokens`` (T, d) + ``token_offsets`` (c+1,)), chunk vectors (``chunks``
-    (C, d) + ``chunk_offsets`` (c+1,)) and ``dense`` (c,): first-stage scores that late
-    interaction and hierarchical scoring mix with (default: cosine of query and ``vectors``)."""
+    token vectors (``tokens`` (T, d) + ``token_offsets`` (c+1,); int8 codes or an ``Int8Rows``
+    as stored run the int8 late-interaction kernel), chunk vectors (``chunks`` (C, d) +
+    ``chunk_offsets`` (c+1,)) and ``dense`` (c,): first-stage scores that late interaction and
+    hierarchical scoring mix with (default: cosine of query and ``vectors``)."""
     vectors: np.ndarray | None = None
     ids: Sequence | None = None
     texts: Sequence[str] | None = None

@@ -176,6 +176,13 @@ def test_semantic_search_with_attention(service):
     assert asyncio.run(fresh.asemantic_search_with_attention("stocks dropped", 1)).ids == ["market"]
     with pytest.raises(ValueError, match="larger than the 4"):
         fresh.semantic_search_with_attention("x", 5)
+    fresh.add_documents(["Dogs chase cats in the park."], ids=["cat"])   # replaces "cat"
+    recount = {}
+    for text in [docs["pw"], docs["market"], docs["rain"], "Dogs chase cats in the park."]:
+        for p in set(fresh.token_ids([text])[0].tolist()):
+            recount[p] = recount.get(p, 0) + 1
+    assert {p: n for p, n in fresh._corpus["df"].items() if n} == recount
+    assert fresh.semantic_search_with_attention("puppies running after cats", 1).ids == ["cat"]
 
 
 def test_the_packaged_model_loads_with_the_network_cut_off():

@@ -603,3 +603,245 @@ def test_scorers_backends_agree(compiled, rng):
     assert_close(mem_c, mem_n)
     for a, b in zip((*late_c, *soft_c, *hier_c), (*late_n, *soft_n, *hier_n)):
         assert_close(a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# late interaction on int8 document codes (rerank.quantization): both backends against the numpy
+# oracle reference.late_interaction_int8_scores, which a brute-force loop checks in turn.
+
+from rerank.quantization import Int8Rows, quantize_int8, quantize_query  # noqa: E402
+
+
+def int8_ragged(rng, lengths, d):
+    tokens, offsets = ragged(rng, lengths, d)
+    return quantize_int8(tokens).codes, offsets
+
+
+INT8_SHAPES = [(1, 8), (3, 31), (24, 384), (33, 8), (3, 384), (24, 31)]
+
+
+@pytest.mark.parametrize("use_idf", [False, True], ids=["no-idf", "idf"])
+@pytest.mark.parametrize("tau", [None, 0.05], ids=["maxsim", "tau0.05"])
+@pytest.mark.parametrize("t, d", INT8_SHAPES)
+def test_int8_late_matches_oracle(backend_name, rng, t, d, tau, use_idf):
+    lengths = rng.integers(1, 201, size=7)
+    codes, offsets = int8_ragged(rng, lengths, d)
+    qt = f32(rng, t, d)
+    idf = rng.uniform(0.1, 3.0, t).astype(np.float32) if use_idf else None
+    out = scoring.late_interaction(qt, codes, offsets, tau=tau, idf=idf, details=True)
+    final, sims, dense = reference.late_interaction_int8_scores(qt, codes, offsets, tau=tau,
+                                                                idf=idf)
+    assert_close(out.similarity, sims, what="similarity")
+    assert_close(out.dense, dense, what="dense")
+    assert_close(out.final, final, what="final")
+
+
+@pytest.mark.parametrize("tau", [None, 0.1])
+@pytest.mark.parametrize("lengths", [[300, 1, 257, 255], [256, 256, 1], [1, 1, 1], [1000]],
+                         ids=["around-tile", "exact-tiles", "ones", "one-long"])
+def test_int8_late_across_tiles(backend_name, rng, lengths, tau):
+    assert scoring.BLOCK_TOKENS_INT8 == 256
+    codes, offsets = int8_ragged(rng, lengths, 40)
+    qt = f32(rng, 5, 40)
+    codes[offsets[1] - 1] = quantize_int8(qt[:1] * 3).codes[0]   # a planted match deep inside
+    out = scoring.late_interaction(qt, codes, offsets, tau=tau, details=True)
+    for a, b in zip(out, reference.late_interaction_int8_scores(qt, codes, offsets, tau=tau)):
+        assert_close(a, b)
+
+
+def test_int8_oracle_matches_brute_force(rng):
+    """The oracle is cos(a_t, b_j) with a_t = quantize_query(q_t): check it with plain loops."""
+    qt = f32(rng, 3, 6)
+    codes, offsets = int8_ragged(rng, [1, 4, 2, 5], 6)
+    a = quantize_query(qt).codes
+    for tau in (None, 0.1):
+        for idf in (None, np.array([0.5, 2.0, 1.0], np.float32)):
+            sims, dense = brute_late(a.astype(float), codes.astype(float), offsets, tau=tau,
+                                     idf=idf)
+            _, s, e = reference.late_interaction_int8_scores(qt, codes, offsets, tau=tau, idf=idf)
+            assert_close(s, sims)
+            assert_close(e, dense)
+
+
+def test_int8_full_code_range(backend_name, rng):
+    """Every int8 code, −128 included, and the operands at their extremes: document codes ±127/−128
+    against query codes ±64 reach vpmaddubsw's largest pair sums (2·255·64) without saturating."""
+    d = 64
+    codes = rng.integers(-128, 128, size=(40, d)).astype(np.int8)
+    codes[0] = 127
+    codes[1] = -128
+    codes[2, ::2], codes[2, 1::2] = -128, 127
+    offsets = np.array([0, 1, 2, 3, 17, 40])
+    qt = np.ones((4, d), np.float32)
+    qt[1] = -1.0
+    qt[2, ::2] = -1.0
+    qt[3] = f32(rng, d)
+    assert np.abs(quantize_query(qt).codes[:3]).min() == 64
+    out = scoring.late_interaction(qt, codes, offsets, details=True)
+    final, sims, dense = reference.late_interaction_int8_scores(qt, codes, offsets)
+    assert_close(out.similarity, sims)
+    assert_close(out.dense, dense)
+    assert_close(out.final, final)
+    a3 = quantize_query(qt[3:]).codes[0].astype(float)
+    per_token = np.array([1.0, -1.0, 0.0, a3.sum() / (np.linalg.norm(a3) * np.sqrt(d))])
+    assert_close(out.similarity[:2], [per_token.mean(), -per_token.mean()])   # one token each
+
+
+@pytest.mark.parametrize("use_dense", [False, True])
+@pytest.mark.parametrize("tau", [None, 0.1])
+def test_int8_batch_with_padding_equals_single(backend_name, rng, tau, use_dense):
+    m, t, d = 3, 4, 33
+    docs = [int8_ragged(rng, ls, d) for ls in ([1, 40, 2], [7, 1, 300], [2, 2, 9])]
+    rows = max(int(o[-1]) for _, o in docs) + 3
+    codes = rng.integers(-128, 128, size=(m, rows, d)).astype(np.int8)   # padding: anything
+    for i, (c, off) in enumerate(docs):
+        codes[i, :off[-1]] = c
+    offsets = np.stack([o for _, o in docs])
+    qt = f32(rng, m, t, d)
+    idf = rng.uniform(0.1, 2, (m, t)).astype(np.float32)
+    dense = f32(rng, m, 3) if use_dense else None
+    out = scoring.late_interaction(qt, codes, offsets, tau=tau, idf=idf, dense=dense, details=True)
+    assert out.final.shape == (m, 3)
+    for i, (c, off) in enumerate(docs):
+        single = scoring.late_interaction(qt[i], c, off, tau=tau, idf=idf[i],
+                                          dense=None if dense is None else dense[i], details=True)
+        for a, b in zip(out, single):
+            assert_close(a[i], b)
+
+
+def test_int8_given_dense_and_scales(backend_name, rng):
+    x, offsets = ragged(rng, [3, 1, 7, 2], 16)
+    stored = quantize_int8(x)
+    qt = f32(rng, 6, 16)
+    dense = np.array([0.3, -0.1, 0.9, 0.5], np.float32)
+    out = scoring.late_interaction(qt, stored.codes, offsets, dense=dense, details=True)
+    np.testing.assert_array_equal(out.dense, dense)
+    assert_close(out.final, zscore(dense) + zscore(out.similarity))
+    # the scales cancel in the cosine: an Int8Rows, explicit scales, or none give one answer
+    for kwargs in ({}, {"doc_scales": stored.scales}, {"doc_scales": stored.scales * 7}):
+        np.testing.assert_array_equal(
+            scoring.late_interaction(qt, stored.codes, offsets, dense=dense, **kwargs), out.final)
+    np.testing.assert_array_equal(scoring.late_interaction(qt, stored, offsets, dense=dense),
+                                  out.final)
+
+
+def test_int8_ranks_like_float32(backend_name, rng):
+    """Quantisation moves MaxSim by ~1e-3 here: well-separated candidates keep their order."""
+    d = 384
+    qt = f32(rng, 24, d)
+    x, offsets = ragged(rng, [80, 90, 100, 110], d)
+    for i, strength in enumerate([0.0, 0.5, 1.0, 2.0]):     # plant stronger and stronger matches
+        x[offsets[i]:offsets[i] + 24] += strength * qt
+    f = scoring.late_interaction(qt, x, offsets, details=True).similarity
+    q = scoring.late_interaction(qt, quantize_int8(x).codes, offsets, details=True).similarity
+    assert np.argsort(f).tolist() == np.argsort(q).tolist() == [0, 1, 2, 3]
+    assert np.abs(f - q).max() < 5e-3
+
+
+def test_int8_reranker_candidates(backend_name, rng):
+    from rerank.reranker import Candidates, Reranker
+
+    qt = f32(rng, 5, 24)
+    x, offsets = ragged(rng, [4, 9, 2], 24)
+    stored = quantize_int8(x)
+    dense = np.array([0.1, 0.4, 0.2], np.float32)
+    want = scoring.late_interaction(qt, stored.codes, offsets, dense=dense)
+    for tokens in (stored.codes, stored):
+        cands = Candidates(tokens=tokens, token_offsets=offsets, dense=dense, ids=["a", "b", "c"])
+        ranked = Reranker().rank(qt, cands)
+        assert ranked.mechanism == "cross-attention"
+        assert [r["corpus_id"] for r in ranked] == [["a", "b", "c"][i] for i in np.argsort(-want)]
+        assert_close([r["score"] for r in ranked], np.sort(want)[::-1])
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32, np.bool_])
+def test_int8_other_integer_dtypes_raise(backend_name, rng, dtype):
+    qt = f32(rng, 2, 8)
+    with pytest.raises(TypeError, match="int8"):
+        scoring.late_interaction(qt, np.ones((4, 8), dtype), np.array([0, 1, 4]))
+
+
+def test_int8_bad_inputs_raise(backend_name, rng):
+    qt = f32(rng, 2, 8)
+    codes, offsets = int8_ragged(rng, [1, 3], 8)
+    scales = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="last dimension"):
+        scoring.late_interaction(f32(rng, 2, 9), codes, offsets)
+    with pytest.raises(ValueError, match="must end at 4"):
+        scoring.late_interaction(qt, codes, np.array([0, 1, 3]))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        scoring.late_interaction(qt, codes, np.array([0, 2, 2, 4]))
+    with pytest.raises(ValueError, match="2-D"):
+        scoring.late_interaction(qt, codes[None], offsets)
+    with pytest.raises(ValueError, match="empty"):
+        scoring.late_interaction(qt, codes[:0], np.array([0, 0]))
+    with pytest.raises(ValueError, match="doc_scales must have shape"):
+        scoring.late_interaction(qt, codes, offsets, doc_scales=scales[:3])
+    with pytest.raises(ValueError, match="doc_scales"):
+        scoring.late_interaction(qt, codes, offsets, doc_scales=-scales)
+    with pytest.raises(ValueError, match="doc_scales"):
+        scoring.late_interaction(qt, codes, offsets, doc_scales=scales * np.nan)
+    with pytest.raises(ValueError, match="doc_scales go with int8"):
+        scoring.late_interaction(qt, codes.astype(np.float32), offsets, doc_scales=scales)
+    with pytest.raises(ValueError, match="given twice"):
+        scoring.late_interaction(qt, Int8Rows(codes, scales), offsets, doc_scales=scales)
+    with pytest.raises(ValueError, match="d ≤ 65536"):
+        scoring.late_interaction(np.ones((1, 65537), np.float32), np.ones((1, 65537), np.int8),
+                                 np.array([0, 1]))
+    bad = qt.copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(ValueError, match="query_tokens"):
+        scoring.late_interaction(bad, codes, offsets)
+
+
+@pytest.mark.parametrize("tau", [None, 0.1])
+@pytest.mark.parametrize("use_dense", [False, True])
+def test_int8_single_query_fast_path_equals_general_path(compiled, rng, tau, use_dense):
+    """One query with int64 offsets and no idf is validated inside the kernel call; int32 offsets
+    or an all-ones idf take the general path: same kernel, same answer, bit for bit."""
+    codes, offsets = int8_ragged(rng, rng.integers(1, 300, size=9), 31)
+    qt = f32(rng, 5, 31)
+    dense = f32(rng, 9) if use_dense else None
+    fast = scoring.late_interaction(qt, codes, offsets, tau=tau, dense=dense, details=True)
+    for kwargs in ({"doc_offsets": offsets.astype(np.int32)},
+                   {"doc_offsets": offsets, "idf": np.ones(5, np.float32)}):
+        general = scoring.late_interaction(qt, codes, tau=tau, dense=dense, details=True, **kwargs)
+        for a, b in zip(fast, general):
+            np.testing.assert_array_equal(a, b)
+    bad = np.array(dense if use_dense else np.ones(9), np.float32)
+    bad[4] = np.nan
+    with pytest.raises(ValueError, match="dense"):
+        scoring.late_interaction(qt, codes, offsets, tau=tau, dense=bad)
+    with pytest.raises(ValueError, match="tau"):
+        scoring.late_interaction(qt, codes, offsets, tau=-1.0)
+    with pytest.raises(ValueError, match="lam"):
+        scoring.late_interaction(qt, codes, offsets, lam=float("nan"))
+
+
+def test_int8_backends_agree_on_a_large_batch(compiled, rng):
+    d = 384
+    docs = [int8_ragged(rng, rng.integers(80, 121, size=30), d) for _ in range(3)]
+    rows = max(int(o[-1]) for _, o in docs)
+    codes = np.zeros((3, rows, d), np.int8)
+    for i, (c, off) in enumerate(docs):
+        codes[i, :off[-1]] = c
+    offsets = np.stack([o for _, o in docs])
+    qt = f32(rng, 3, 24, d)
+    results = []
+    for name in ("compiled", "numpy"):
+        with rerank.use_backend(name):
+            results.append((*scoring.late_interaction(qt, codes, offsets, details=True),
+                            *scoring.late_interaction(qt, codes, offsets, tau=0.1, details=True)))
+    for a, b in zip(*results):
+        assert_close(a, b)
+
+
+def test_int8_threads_give_the_same_answer(compiled, rng):
+    codes, offsets = int8_ragged(rng, rng.integers(80, 121, size=30), 384)
+    qt = f32(rng, 24, 384)
+    rerank.set_num_threads(1)
+    one = scoring.late_interaction(qt, codes, offsets, details=True)
+    rerank.set_num_threads(2)
+    two = scoring.late_interaction(qt, codes, offsets, details=True)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
