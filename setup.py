@@ -1,5 +1,6 @@
 """Build rerank._kernels: Cython 3, -O3, OpenMP where the compiler has it, -march=native unless
 RERANK_NO_NATIVE=1. Each optional flag is probed, so a compiler without it still builds."""
+import glob
 import os
 import shutil
 import subprocess
@@ -45,7 +46,7 @@ def kernel_extension():
         define_macros=macros + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
-        depends=["rerank/_simd.h"],
+        depends=["rerank/_simd.h", *sorted(glob.glob("rerank/_kernels_*.pxi"))],
     )
 
 

@@ -858,3 +858,10 @@ def late_interaction_int8_one(object query_tokens, object codes, object offsets,
     if bad:
         raise FloatingPointError("late interaction met NaN or Inf")
     return final, sim, dense_out
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels of the mechanism families, one include file each
+include "_kernels_sparse.pxi"
+include "_kernels_linear.pxi"
+include "_kernels_flash.pxi"

@@ -80,3 +80,6 @@ class HierarchicalCrossAttention(_ExactForward):
         return scoring.hierarchical(
             query, chunks, chunk_offsets, tau=self.tau if tau is None else tau, dense=dense,
             lam=self.lam if lam is None else lam, details=details)
+
+
+MECHANISMS = (CrossAttention, MemoryAttention, HierarchicalCrossAttention)

@@ -18,3 +18,6 @@ class FlashAttentionV2(Mechanism):
 
     def _forward(self, q, k, v, *, mask=None, causal=False, scale=None):
         return attention(q, k, v, mask=mask, causal=causal, scale=scale)
+
+
+MECHANISMS = (FlashAttentionV2,)

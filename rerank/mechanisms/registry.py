@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import threading
 from typing import Callable
 
@@ -13,18 +14,20 @@ _lock = threading.Lock()
 _builtins_loaded = False
 
 
+#: The category modules, in ADR-029's order; each lists its mechanisms in ``MECHANISMS``.
+BUILTIN_MODULES = ("multihead", "self_attention", "cross", "sparse", "linear", "flash", "moe")
+
+
 def _load_builtins() -> None:
     global _builtins_loaded
     if _builtins_loaded:
         return
-    from .cross import CrossAttention, HierarchicalCrossAttention, MemoryAttention
-    from .flash import FlashAttentionV2
-
+    modules = [importlib.import_module(f".{name}", __package__) for name in BUILTIN_MODULES]
     with _lock:
         if not _builtins_loaded:
-            for cls in (FlashAttentionV2, CrossAttention, MemoryAttention,
-                        HierarchicalCrossAttention):
-                _add(cls.spec.name, cls, replace=False)
+            for module in modules:
+                for cls in module.MECHANISMS:
+                    _add(cls.spec.name, cls, replace=False)
             _builtins_loaded = True
 
 

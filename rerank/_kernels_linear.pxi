@@ -1,0 +1,1 @@
+# Compiled kernels of the linear attention mechanisms (included by _kernels.pyx).

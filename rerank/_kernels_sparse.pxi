@@ -1,0 +1,1 @@
+# Compiled kernels of the sparse attention mechanisms (included by _kernels.pyx).
