@@ -1,0 +1,4 @@
+"""Linear attention family."""
+from __future__ import annotations
+
+MECHANISMS: tuple = ()

@@ -1,0 +1,4 @@
+"""Multi-head attention family."""
+from __future__ import annotations
+
+MECHANISMS: tuple = ()

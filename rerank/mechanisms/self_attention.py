@@ -1,0 +1,4 @@
+"""Self-attention family."""
+from __future__ import annotations
+
+MECHANISMS: tuple = ()

@@ -1,0 +1,4 @@
+"""Sparse attention family."""
+from __future__ import annotations
+
+MECHANISMS: tuple = ()
