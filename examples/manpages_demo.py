@@ -61,7 +61,8 @@ def main() -> None:
         print(f"  {out['mechanism']} on {out['backend']} — {timings}")
         for rank, hit in enumerate(out["results"], 1):
             title = hit.get("metadata", {}).get("title", hit["corpus_id"])
-            print(f"  {rank}. {title:<28} {hit['score']:+.3f}  {hit.get('text', '')[:70]}")
+            body = " ".join(hit.get("text", "").split("\n", 1)[-1].split())   # without the title
+            print(f"  {rank}. {title[:32]:<32} {hit['score']:+.3f}  {body[:60]}…")
     print(f"\nthe memory stays in {args.db}; try: rerank search \"your question\" --db {args.db}")
 
 

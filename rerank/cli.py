@@ -517,6 +517,8 @@ def eval_(ctx, directory, db, split, depth, cv, as_json):
                       f"{m['ms_per_query']:.2f}",
                       "—" if m["p_value"] is None else f"{m['p_value']:.2g}")
     out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)         # a file or a pipe: wide enough for the method names
     out.print(table)
     out.print(f"★ default · query embedding {result['embed_ms_per_query']:.2f} ms/query (not in "
               "ms/query)", highlight=False)
