@@ -10,12 +10,28 @@ from rerank.mechanisms import registry as registry_module
 
 from conftest import assert_close, f32
 
-BUILTINS = {
-    "flash-attention-v2": "flash",
-    "cross-attention": "cross-attention",
-    "memory-attention": "cross-attention",
-    "hierarchical-cross-attention": "cross-attention",
+#: ADR-029's 39 mechanisms, in its order, with their categories.
+ALL = {
+    **dict.fromkeys(["standard-mha", "rotary-mha", "alibi-mha", "grouped-query-attention",
+                     "multi-query-attention", "differential-attention", "mixture-attention"],
+                    "multi-head"),
+    **dict.fromkeys(["causal-self-attention", "bidirectional-self-attention",
+                     "relative-position-attention", "disentangled-attention",
+                     "talking-heads-attention", "synthesizer-attention"], "self-attention"),
+    **dict.fromkeys(["cross-attention", "perceiver-attention", "gated-cross-attention",
+                     "memory-attention", "hierarchical-cross-attention"], "cross-attention"),
+    **dict.fromkeys(["bigbird-attention", "longformer-attention", "local-attention",
+                     "strided-attention", "sparse-transformer-attention", "star-attention",
+                     "blockwise-attention", "random-attention"], "sparse"),
+    **dict.fromkeys(["linear-attention", "performer-attention", "cosformer-attention",
+                     "rfa-attention", "nystrom-attention", "linformer-attention"], "linear"),
+    **dict.fromkeys(["flash-attention-v2", "flash-attention-v3", "flash-decoding"], "flash"),
+    **dict.fromkeys(["moe-attention", "soft-moe-attention", "switch-attention",
+                     "expert-choice-attention"], "moe"),
 }
+#: The first four, whose forward is exact attention (tested below on both backends).
+BUILTINS = {name: ALL[name] for name in ("flash-attention-v2", "cross-attention",
+                                         "memory-attention", "hierarchical-cross-attention")}
 SCORERS = ("cross-attention", "memory-attention", "hierarchical-cross-attention")
 
 
@@ -52,15 +68,14 @@ class DoubleAttention(Mechanism):
 # --------------------------------------------------------------------------------------------
 # builtins
 
-def test_builtin_names_and_categories():
-    names = registry.names()
-    for name, category in BUILTINS.items():
-        assert name in names
+def test_all_39_in_adr_order_with_their_categories():
+    assert len(ALL) == 39
+    assert registry.names() == list(ALL)                # registration order = ADR-029's order
+    for name, category in ALL.items():
         assert registry.spec(name).category == category
-    assert names[:4] == list(BUILTINS)                  # registration order
 
 
-@pytest.mark.parametrize("name", list(BUILTINS))
+@pytest.mark.parametrize("name", list(ALL))
 def test_builtin_specs_are_complete(name):
     spec = registry.spec(name)
     assert isinstance(spec, MechanismSpec)
@@ -68,7 +83,7 @@ def test_builtin_specs_are_complete(name):
     for field in ("name", "category", "complexity", "use_case", "paper"):
         value = getattr(spec, field)
         assert isinstance(value, str) and value.strip(), field
-    assert spec.compiled is True
+    assert isinstance(spec.compiled, bool) and (spec.compiled or name not in BUILTINS)
     assert spec.to_dict()["name"] == name
     assert set(spec.to_dict()) >= {"name", "category", "complexity", "use_case", "paper", "compiled"}
 
@@ -81,9 +96,10 @@ def test_list_returns_specs_in_order():
 
 def test_by_category_and_compiled_only():
     flash = registry.by_category("flash")
-    assert [s.name for s in flash] == ["flash-attention-v2"]
+    assert [s.name for s in flash] == ["flash-attention-v2", "flash-attention-v3",
+                                       "flash-decoding"]
     cross = {s.name for s in registry.by_category("cross-attention")}
-    assert cross == set(SCORERS)
+    assert cross == set(SCORERS) | {"perceiver-attention", "gated-cross-attention"}
     assert registry.by_category("no-such-category") == []
     compiled = {s.name for s in registry.compiled_only()}
     assert compiled >= set(BUILTINS)
@@ -242,3 +258,45 @@ def test_clean_registry_fixture_restores(clean_registry):
 def test_mechanism_is_abstract():
     with pytest.raises(TypeError):
         Mechanism()
+
+
+# --------------------------------------------------------------------------------------------
+# the compiled flag says what really runs
+
+class _KernelSpy:
+    """Stands in for the compiled extension module and records which kernels are called."""
+
+    def __init__(self, real):
+        self._real = real
+        self.called = []
+
+    def __getattr__(self, attr):
+        value = getattr(self._real, attr)
+        if callable(value):
+            def spy(*args, **kwargs):
+                self.called.append(attr)
+                return value(*args, **kwargs)
+            return spy
+        return value
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_compiled_flag_is_true_exactly_when_a_kernel_runs(name, rng, monkeypatch):
+    from rerank import backend
+    from conftest import COMPILED_AVAILABLE
+
+    if not COMPILED_AVAILABLE:
+        pytest.skip("the compiled extension is not built")
+    spy = _KernelSpy(backend._kernels)
+    monkeypatch.setattr(backend, "_kernels", spy)
+    mech = registry.get(name)
+    q, k, v = f32(rng, 2, 16, 8), f32(rng, 2, 16, 8), f32(rng, 2, 16, 8)
+    with rerank.use_backend("compiled"):
+        out = mech.forward(q, k, v)
+    assert out.shape == (2, 16, 8) and np.isfinite(out).all()
+    assert bool(spy.called) is mech.spec.compiled, (
+        f"{name}: spec.compiled={mech.spec.compiled} but kernels called: {spy.called}")
+    spy.called.clear()
+    with rerank.use_backend("numpy"):
+        mech.forward(q, k, v)
+    assert spy.called == []
