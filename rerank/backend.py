@@ -1,7 +1,9 @@
 """Which backend runs the kernels (compiled | numpy), how many threads they use, and why.
 
 ``RERANK_BACKEND`` = auto (default: compiled when the extension imports) | compiled | numpy picks the
-backend at import; :func:`set_backend` and :func:`use_backend` change it at run time.
+backend at import; :func:`set_backend` and :func:`use_backend` change it at run time. The extension
+(and the scipy BLAS it links) is imported on first use, not by ``import rerank`` — except with
+``RERANK_BACKEND=compiled``, which checks at import that it loads.
 ``RERANK_NUM_THREADS`` or :func:`set_num_threads` sets the kernels' thread count.
 """
 from __future__ import annotations
@@ -14,7 +16,9 @@ import threading
 BACKENDS = ("auto", "compiled", "numpy")
 
 _lock = threading.RLock()
-_kernels = None           # the imported extension module, or None
+_NOT_LOADED = object()
+_kernels = _NOT_LOADED    # the imported extension module, None when it cannot import
+
 _import_error = None      # why it did not import
 _requested = None         # what the user asked for: auto | compiled | numpy
 _num_threads = None
@@ -28,6 +32,15 @@ def _load_extension():
         _kernels, _import_error = None, f"the compiled extension rerank._kernels did not import: {exc}"
 
 
+def extension():
+    """The compiled extension module (imported on the first call), or None when it cannot import."""
+    if _kernels is _NOT_LOADED:
+        with _lock:
+            if _kernels is _NOT_LOADED:
+                _load_extension()
+    return _kernels
+
+
 def _check_name(name: str) -> str:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
@@ -38,7 +51,7 @@ def set_backend(name: str) -> None:
     """Select ``auto``, ``compiled`` (raises if the extension is missing) or ``numpy``."""
     global _requested
     _check_name(name)
-    if name == "compiled" and _kernels is None:
+    if name == "compiled" and extension() is None:
         raise RuntimeError(f"backend 'compiled' requested but {_import_error}")
     with _lock:
         _requested = name
@@ -61,17 +74,17 @@ def requested() -> str:
 
 def active() -> str:
     """The backend kernels run on now: 'compiled' or 'numpy'."""
-    return "compiled" if (_requested != "numpy" and _kernels is not None) else "numpy"
+    return "compiled" if (_requested != "numpy" and extension() is not None) else "numpy"
 
 
 def compiled_kernels():
     """The extension module when the compiled backend is active, else None."""
-    return _kernels if _requested != "numpy" else None
+    return None if _requested == "numpy" else extension()
 
 
 def reason() -> str | None:
     """Why the compiled backend is not in use (None when it is)."""
-    if _kernels is None:
+    if extension() is None:
         return _import_error
     if _requested == "numpy":
         return "the numpy backend was requested (RERANK_BACKEND=numpy or set_backend('numpy'))"
@@ -172,7 +185,7 @@ def call_holding_blas(rows: int, cols: int, inner: int, kernel, *args):
     Measured here: OpenBLAS threads started inside our parallel regions, or fighting another
     process, made the tile products 5× slower. Products of at most SMALL_PRODUCT_ROWS rows or
     below OpenBLAS's threading threshold need nothing."""
-    if rows <= _kernels.SMALL_PRODUCT_ROWS or rows * cols * inner <= BLAS_THREADING_MNK:
+    if rows <= extension().SMALL_PRODUCT_ROWS or rows * cols * inner <= BLAS_THREADING_MNK:
         return kernel(*args, 0)
     setter = blas_thread_setter()
     if setter:
@@ -191,22 +204,23 @@ def blas_info() -> list[dict]:
 
 def status() -> dict:
     """What runs and why: backend, whether the extension is compiled and used, threads, build, BLAS."""
+    kernels = extension()
     info = {
         "backend": active(),
         "requested": _requested,
         "compiled": active() == "compiled",
-        "extension_built": _kernels is not None,
+        "extension_built": kernels is not None,
         "reason": reason(),
         "threads": get_num_threads(),
         "openmp": None,
         "native": None,
     }
-    if _kernels is not None:
-        build = _kernels.build_info()
+    if kernels is not None:
+        build = kernels.build_info()
         info["openmp"] = build["openmp"]
         info["native"] = build["native"]
     info["blas"] = blas_info()
-    if _kernels is not None:
+    if kernels is not None:
         info["blas_threads_in_kernels"] = (
             "1 per kernel thread (openblas_set_num_threads_local)" if blas_thread_setter()
             else "1 process-wide while a kernel runs (threadpoolctl)")
@@ -215,11 +229,10 @@ def status() -> dict:
 
 def _init_from_environment():
     global _requested, _num_threads
-    _load_extension()
     name = os.environ.get("RERANK_BACKEND", "auto").strip().lower() or "auto"
     _check_name(name)
     _requested = name
-    if name == "compiled" and _kernels is None:
+    if name == "compiled" and extension() is None:
         raise ImportError(f"RERANK_BACKEND=compiled but {_import_error}")
     threads = os.environ.get("RERANK_NUM_THREADS")
     if threads:

@@ -6,7 +6,6 @@ records the mechanism and backend that ran and per-stage timings.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -259,7 +258,11 @@ class Reranker:
 
     async def rank_async(self, query, candidates, top_k: int | None = None) -> RankedResults:
         """``rank`` in a worker thread (the kernels release the GIL)."""
+        import asyncio   # here, not at module level: it costs `import rerank` ~35 ms
+
         return await asyncio.to_thread(self.rank, query, candidates, top_k)
 
     async def rank_batch_async(self, queries, candidate_sets, top_k=None) -> list[RankedResults]:
+        import asyncio
+
         return await asyncio.to_thread(self.rank_batch, queries, candidate_sets, top_k)

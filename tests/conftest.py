@@ -12,7 +12,7 @@ from rerank import backend
 #: Relative tolerance (to the output's scale) for float32 kernels against the float64 oracle.
 RTOL = 1e-5
 
-COMPILED_AVAILABLE = backend._kernels is not None
+COMPILED_AVAILABLE = backend.extension() is not None
 
 
 def assert_close(actual, expected, tol=RTOL, what=""):

@@ -379,3 +379,22 @@ def test_failed_scratch_allocation_raises_memory_error(compiled):
     assert proc.returncode == 0, proc.stderr
     assert "attention MemoryError" in proc.stdout and "late MemoryError" in proc.stdout, \
         proc.stdout
+
+
+def test_import_rerank_is_light_and_loads_the_extension_on_first_use():
+    """`import rerank` imports no torch, sentence-transformers, scipy or the extension; the first
+    kernel call loads the extension (when built)."""
+    code = textwrap.dedent("""
+        import json, sys
+        import rerank
+        heavy = [m for m in ("torch", "sentence_transformers", "transformers", "scipy",
+                             "rerank._kernels") if m in sys.modules]
+        import numpy as np
+        rerank.scoring.memory_attention(np.ones(4, np.float32), np.eye(4, dtype=np.float32))
+        print(json.dumps({"heavy": heavy, "loaded": "rerank._kernels" in sys.modules,
+                          "backend": rerank.backend.active()}))
+    """)
+    result = run_json(code)
+    assert result["heavy"] == []
+    assert result["loaded"] is COMPILED_AVAILABLE
+    assert result["backend"] == ("compiled" if COMPILED_AVAILABLE else "numpy")

@@ -287,7 +287,7 @@ def test_compiled_flag_is_true_exactly_when_a_kernel_runs(name, rng, monkeypatch
 
     if not COMPILED_AVAILABLE:
         pytest.skip("the compiled extension is not built")
-    spy = _KernelSpy(backend._kernels)
+    spy = _KernelSpy(backend.extension())
     monkeypatch.setattr(backend, "_kernels", spy)
     mech = registry.get(name)
     q, k, v = f32(rng, 2, 16, 8), f32(rng, 2, 16, 8), f32(rng, 2, 16, 8)
