@@ -19,7 +19,8 @@ HIERARCHICAL_TAU = 0.1
 LAMBDA = 1.0
 #: Document tokens per tile in the late-interaction kernel (bounds its memory to t·tile floats).
 BLOCK_TOKENS = 1024
-#: The same for int8 tokens (no BLAS call to amortise: a smaller tile keeps t·tile floats in L2).
+#: The same for int8 tokens (no BLAS call to amortise; document rows are read in place, so the
+#: tile only sizes the t·tile similarities: 32 … 4096 measured the same).
 BLOCK_TOKENS_INT8 = 256
 #: Largest dimension of int8 token vectors: the kernel's int32 sums (≤ 2¹⁴·d) stay exact.
 MAX_INT8_DIM = 1 << 16
@@ -215,7 +216,8 @@ def late_interaction(query_tokens, doc_tokens, doc_offsets, *, tau=None, idf=Non
     on both backends, and d̂_ij, q̂_t above become b̂_ij, â_t: similarities are exact integer dot
     products over the norms. Against float MaxSim of the unquantised vectors the error is at most
     mean_t ‖q̂_t − â_t‖ + max_j ‖x̂_ij − b̂_ij‖ (quantization.maxsim_error_bound: ≈ 0.035 for
-    d = 384 tokens with spread-out values; measured errors are ~3·10⁻⁴).
+    d = 384 tokens with spread-out values; measured errors are ~3·10⁻⁴ on average, 1.6·10⁻³ at
+    most on all-MiniLM-L6-v2 token vectors).
     """
     kernels = backend.compiled_kernels()
     if kernels is not None and idf is None and doc_scales is None:

@@ -664,8 +664,9 @@ def test_int8_oracle_matches_brute_force(rng):
 
 
 def test_int8_full_code_range(backend_name, rng):
-    """Every int8 code, −128 included, and the operands at their extremes: document codes ±127/−128
-    against query codes ±64 reach vpmaddubsw's largest pair sums (2·255·64) without saturating."""
+    """Every int8 code, −128 included, and the operands at their extremes: document codes 127/−128
+    against query codes ±64 (kernel operands a + 64 = 128 or 0) reach vpmaddubsw's extreme pair
+    sums 2·128·127 and 2·128·(−128) = −32768 (the int16 minimum) without saturating."""
     d = 64
     codes = rng.integers(-128, 128, size=(40, d)).astype(np.int8)
     codes[0] = 127
@@ -845,3 +846,72 @@ def test_int8_threads_give_the_same_answer(compiled, rng):
     two = scoring.late_interaction(qt, codes, offsets, details=True)
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
+
+
+def exact_int8_maxsim(qt, codes, offsets, idf=None):
+    """MaxSim as the compiled int8 kernel computes it, bit for bit: exact int64 dot products of
+    the query codes with the document codes, then float32 cosines (dot·(1/√‖a‖²))·(1/√‖b‖²),
+    maxima per candidate, and the kernel's weighted sum (rounded to float32 at each step)."""
+    a = quantize_query(qt).codes.astype(np.int64)
+    b = codes.astype(np.int64)
+    dots = a @ b.T
+
+    def inv_norms(x):
+        n2 = (x * x).sum(axis=1).astype(np.float32)
+        with np.errstate(divide="ignore"):
+            return np.where(n2 > 0, np.float32(1) / np.sqrt(n2), np.float32(0)).astype(np.float32)
+
+    s = (dots.astype(np.float32) * inv_norms(a)[:, None]) * inv_norms(b)[None, :]
+    w = np.ones(len(a), np.float32) if idf is None else np.asarray(idf, np.float32)
+    wsum = np.float32(0)
+    for x in w:
+        wsum = np.float32(np.float64(wsum) + np.float64(x))
+    out = []
+    for lo, hi in zip(offsets[:-1], offsets[1:]):
+        val = np.float32(0)
+        for x, m in zip(w, s[:, lo:hi].max(axis=1)):
+            val = np.float32(np.float64(val) + np.float64(x) * np.float64(m))
+        out.append(np.float32(val / wsum))
+    return np.array(out, np.float32)
+
+
+@pytest.mark.parametrize("t", [1, 3, 5, 6, 8, 9, 16, 24, 25, 33])
+@pytest.mark.parametrize("d", [5, 40, 64, 384])
+def test_int8_maxsim_is_exactly_the_integer_dot_reference(compiled, rng, t, d):
+    """Every kernel path (dot products along the rows for t ≤ 5, the packed kernel with 1, 2 or 3
+    groups of 8 query rows, rows read in place or padded) gives the integer-dot MaxSim exactly,
+    −128 codes and idf weights included."""
+    lengths = rng.integers(1, 120, size=6)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    codes = rng.integers(-128, 128, size=(int(offsets[-1]), d)).astype(np.int8)
+    codes[0] = -128
+    qt = f32(rng, t, d)
+    idf = rng.uniform(0.1, 3.0, t).astype(np.float32)
+    for w in (None, idf):
+        got = scoring.late_interaction(qt, codes, offsets, idf=w, details=True).similarity
+        np.testing.assert_array_equal(got, exact_int8_maxsim(qt, codes, offsets, idf=w))
+
+
+@pytest.mark.parametrize("tau", [None, 0.1])
+@pytest.mark.parametrize("t", [4, 12, 24])
+def test_int8_zero_idf_tokens_are_skipped_with_the_same_result(backend_name, rng, t, tau):
+    """Query tokens of idf weight 0 (e.g. punctuation a word filter drops) are left out of the
+    similarities: the same answer, bit for bit, as without those tokens (dense given: the default
+    dense score averages all query tokens)."""
+    codes, offsets = int8_ragged(rng, rng.integers(1, 300, size=8), 40)
+    qt = f32(rng, t, 40)
+    idf = rng.uniform(0.1, 3.0, t).astype(np.float32)
+    idf[::3] = 0.0
+    keep = idf > 0
+    dense = f32(rng, 8)
+    out = scoring.late_interaction(qt, codes, offsets, tau=tau, idf=idf, dense=dense, details=True)
+    kept = scoring.late_interaction(qt[keep], codes, offsets, tau=tau, idf=idf[keep], dense=dense,
+                                    details=True)
+    for a, b in zip(out, kept):
+        if backend_name == "compiled":
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert_close(a, b)
+    _, sims, _ = reference.late_interaction_int8_scores(qt, codes, offsets, tau=tau, idf=idf,
+                                                        dense=dense)
+    assert_close(out.similarity, sims)
