@@ -1,6 +1,7 @@
 """The ``rerank`` command line.
 
-``rerank [--debug] COMMAND``: ``status``, ``index PATH``, ``search QUERY``, ``eval DIR``.
+``rerank [--debug] COMMAND``: ``status``, ``index PATH``, ``search QUERY``, ``eval DIR``, ``list``,
+``recommend``, ``compute``, ``benchmark``.
 Errors print one line (``Error: …``) on stderr and exit non-zero; ``--debug`` (or ``RERANK_DEBUG=1``) shows the
 traceback instead. ``--json`` prints one JSON document on stdout (progress and messages go to
 stderr). Commands that embed text load the packaged embedding model lazily, so ``rerank status``
@@ -526,3 +527,255 @@ def eval_(ctx, directory, db, split, depth, cv, as_json):
         out.print(f"CV fold {i + 1}: chose {fold['label']} on {fold['train_queries']} queries "
                   f"(nDCG@10 {fold['train_ndcg@10']:.4f}); held-out {fold['test_queries']} "
                   f"queries: {fold['test_ndcg@10']:.4f}", highlight=False)
+
+
+# ------------------------------------------------------------------------------------- list
+def _categories() -> list[str]:
+    from .mechanisms import registry
+
+    return list(dict.fromkeys(spec.category for spec in registry.list()))
+
+
+def _wide_console(stderr: bool = False) -> Console:
+    """A console for tables: the terminal's width, or 140 columns into a file or a pipe."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=140)
+
+
+def _check_mechanism(name: str) -> str:
+    from .mechanisms import registry
+
+    try:
+        registry.spec(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--mechanism") from None
+    return name
+
+
+@main.command("list")
+@click.option("--category", default=None, metavar="C",
+              help="Only this category (multi-head, self-attention, cross-attention, sparse, "
+                   "linear, flash, moe).")
+@click.option("--compiled-only", is_flag=True,
+              help="Only mechanisms whose forward runs through a compiled kernel.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print a JSON list of {"name", "category", "complexity", "use_case", '
+                   '"compiled"}.')
+def list_(category, compiled_only, as_json):
+    """The registered attention mechanisms: name, category, complexity, use case, compiled."""
+    from .mechanisms import registry
+
+    specs = registry.list()
+    if category is not None:
+        categories = _categories()
+        if category not in categories:
+            raise click.BadParameter(f"unknown category {category!r}; the categories are "
+                                     f"{', '.join(categories)}", param_hint="--category")
+        specs = [s for s in specs if s.category == category]
+    if compiled_only:
+        specs = [s for s in specs if s.compiled]
+    rows = [{"name": s.name, "category": s.category, "complexity": s.complexity,
+             "use_case": s.use_case, "compiled": s.compiled} for s in specs]
+    if as_json:
+        _echo_json(rows)
+        return
+    title = f"{len(rows)} attention mechanisms" + (f" · {category}" if category else "") \
+        + (" · compiled only" if compiled_only else "")
+    table = Table(title=title)
+    for column in ("name", "category", "complexity", "use case", "compiled"):
+        table.add_column(column, no_wrap=column != "use case")
+    for row in rows:
+        table.add_row(row["name"], row["category"], row["complexity"], row["use_case"],
+                      "yes" if row["compiled"] else "no")
+    _wide_console().print(table)
+
+
+# -------------------------------------------------------------------------------- recommend
+@main.command()
+@click.option("--seq-len", required=True, type=click.IntRange(min=1), help="Sequence length.")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Batch size.")
+@click.option("--hierarchical", is_flag=True, help="The input is hierarchical (documents of "
+              "passages).")
+@click.option("--graph", is_flag=True, help="The input has graph structure (agents through a "
+              "relay).")
+@click.option("--moe", is_flag=True, help="Route to experts (mixture of experts).")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"mechanism", "reason", "rule", "condition"}.')
+def recommend(seq_len, batch_size, hierarchical, graph, moe, as_json):
+    """Which mechanism the default selection rules pick for a workload, and why (DESIGN.md
+    "Selection": rerank.selector.MechanismSelector)."""
+    from .selector import MechanismSelector
+
+    choice = MechanismSelector().explain(seq_len, batch_size, is_hierarchical=hierarchical,
+                                         has_graph_structure=graph, is_moe=moe)
+    document = {"mechanism": choice.mechanism, "reason": choice.reason,
+                "rule": choice.rule + 1 if choice.rule >= 0 else None,
+                "condition": choice.condition or None}
+    if as_json:
+        _echo_json(document)
+        return
+    click.echo(f"{choice.mechanism}: {choice.reason}")
+
+
+# ---------------------------------------------------------------------------------- compute
+def _check_dim(dim: int, heads: int) -> None:
+    from .benchmarking import head_dim
+
+    try:
+        head_dim(dim, heads)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--dim") from None
+
+
+@main.command()
+@click.option("--mechanism", "-m", required=True, metavar="M",
+              help="A registry name (see `rerank list`).")
+@click.option("--seq-len", required=True, type=click.IntRange(min=1),
+              help="Sequence length n (queries = keys = n).")
+@click.option("--dim", required=True, type=click.IntRange(min=1),
+              help="Model dimension, split across the heads (a multiple of --heads).")
+@click.option("--heads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Attention heads.")
+@click.option("--causal", is_flag=True, help="Causal masking.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed of the random q, k, v.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def compute(mechanism, seq_len, dim, heads, causal, seed, as_json):
+    """Run one forward of mechanism M on seeded random q, k, v of shape (heads, n, dim/heads):
+    output shape, time, a checksum (sha256 of the float32 output, sum, mean) and the max error
+    against exact attention where the mechanism equals it (or, for a sparse mechanism, exact
+    attention under its own pattern)."""
+    from . import benchmarking
+
+    _check_mechanism(mechanism)
+    _check_dim(dim, heads)
+    result = benchmarking.compute(mechanism, seq_len, dim, heads, causal=causal, seed=seed)
+    if as_json:
+        _echo_json(result)
+        return
+    ref, digest = result["reference"], result["checksum"]
+    click.echo(f"{mechanism} on {result['backend']}: q, k, v {tuple(result['input_shape'])} → "
+               f"output {tuple(result['shape'])}{' (causal)' if causal else ''} in "
+               f"{result['ms']:.3f} ms (seed {seed})")
+    click.echo(f"checksum sha256 {digest['sha256']} · sum {digest['sum']:.6g} · mean "
+               f"{digest['mean']:.6g}")
+    if ref["kind"] is None:
+        click.echo(ref["note"])
+    else:
+        verdict = "within" if ref["within_tolerance"] else "OUTSIDE"
+        click.echo(f"max |error| {ref['max_abs_error']:.3g} against {ref['note']}: {verdict} "
+                   f"the tolerance {ref['tolerance']:.3g}")
+
+
+# -------------------------------------------------------------------------------- benchmark
+def _seq_lens(values) -> list[int]:
+    """``--seq-len`` values: repeated options and/or comma lists of positive integers."""
+    out = []
+    for value in values:
+        for part in str(value).split(","):
+            part = part.strip()
+            try:
+                n = int(part)
+            except ValueError:
+                raise click.BadParameter(f"{part!r} is not an integer (give N, or a comma list "
+                                         "such as 256,1024)", param_hint="--seq-len") from None
+            if n < 1:
+                raise click.BadParameter(f"{n} is not a positive sequence length",
+                                         param_hint="--seq-len")
+            out.append(n)
+    return sorted(set(out))
+
+
+def _bench_progress(console: Console):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                    disable=not console.is_terminal)
+
+
+@main.command()
+@click.option("--mechanism", "-m", "mechanisms", multiple=True, metavar="M",
+              help="A mechanism to time (repeatable).")
+@click.option("--all", "all_", is_flag=True, help="Time every registered mechanism.")
+@click.option("--seq-len", "seq_lens", multiple=True, metavar="N",
+              help="Sequence lengths: repeatable or a comma list [default: 256,1024,4096].")
+@click.option("--dim", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Model dimension, split across the heads (a multiple of --heads).")
+@click.option("--heads", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Attention heads.")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Timed rounds, each on new random inputs (the median is reported).")
+@click.option("--numpy-max-seq-len", default=1024, show_default=True,
+              type=click.IntRange(min=1),
+              help="Compare against numpy only up to this length (O(n²) float64 memory).")
+@click.option("--no-torch", is_flag=True, help="Skip the torch SDPA baseline.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed of the random inputs.")
+@click.option("--output", default="rerank-benchmark.json", show_default=True,
+              type=click.Path(dir_okay=False, path_type=str),
+              help="The JSON report; the markdown table (.md) and PNG plots go beside it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+def benchmark(mechanisms, all_, seq_lens, dim, heads, rounds, numpy_max_seq_len, no_torch, seed,
+              output, as_json):
+    """Time the forward of mechanisms over sequence lengths against numpy (exact attention's
+    float64 reference, or the mechanism on the numpy backend) and torch SDPA when installed.
+
+    Every round draws new random q, k, v (outside the timing) and calls the mechanism directly,
+    so no number is a cache hit. Writes OUTPUT (JSON, with the machine, threads and versions),
+    a markdown table beside it and one PNG plot per category (needs matplotlib)."""
+    from . import benchmarking
+    from .mechanisms import registry
+
+    if all_ and mechanisms:
+        raise click.UsageError("give --mechanism M (repeatable) or --all, not both")
+    if not all_ and not mechanisms:
+        raise click.UsageError("give --mechanism M (repeatable) or --all")
+    names = registry.names() if all_ else list(dict.fromkeys(
+        _check_mechanism(name) for name in mechanisms))
+    _check_dim(dim, heads)
+    if not output.lower().endswith(".json"):
+        raise click.BadParameter(f"must be a .json path; got {output!r}", param_hint="--output")
+    settings = benchmarking.BenchmarkSettings(
+        mechanisms=names, dim=dim, heads=heads, rounds=rounds, seed=seed,
+        numpy_max_seq_len=numpy_max_seq_len, torch=not no_torch,
+        **({"seq_lens": _seq_lens(seq_lens)} if seq_lens else {}))
+    settings.validate()
+    console = _stderr()
+    start = time.perf_counter()
+    with _bench_progress(console) as progress:
+        task = progress.add_task("benchmark", total=benchmarking.total_steps(settings))
+
+        def step(label: str) -> None:
+            progress.update(task, advance=1, description=label)
+
+        report = benchmarking.run_benchmark(settings, progress=step)
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    files = benchmarking.write_report(report, output)
+    if "plots_skipped" in files:
+        click.echo(f"warning: {files['plots_skipped']}", err=True)
+    if as_json:
+        _echo_json(report)
+        return
+    table = Table(title=f"rerank benchmark: dim {dim} = {heads} heads × {dim // heads}, "
+                        f"median of {rounds} rounds")
+    for column in ("mechanism", "n", "backend", "ms", "×numpy", "×torch SDPA"):
+        table.add_column(column, justify="left" if column in ("mechanism", "backend")
+                         else "right")
+    for row in report["results"]:
+        if "error" in row:
+            table.add_row(row["mechanism"], str(row["seq_len"]), row["backend"],
+                          f"error: {row['error']}", "", "")
+            continue
+        speedups = [row.get(key) for key in ("speedup_vs_numpy", "speedup_vs_torch")]
+        table.add_row(row["mechanism"], str(row["seq_len"]), row["backend"],
+                      f"{row['median_ms']:.3f}",
+                      *("—" if s is None else f"{s:.2f}×" for s in speedups))
+    out = _wide_console()
+    out.print(table)
+    out.print(f"{len(report['results'])} timings in {report['seconds']:.1f} s · wrote "
+              f"{files['json']}, {files['markdown']}"
+              + (f" and {len(files['plots'])} plots" if files["plots"] else ""),
+              highlight=False)
