@@ -133,20 +133,24 @@ def _work_items(d_off: np.ndarray, threads: int, work: int) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
-def _run_pooling(kernels, qtok, q_off, idf, dtok, d_off, tau, dense, lam):
+def _kernel_args(qtok, q_off, idf, dtok, d_off, tau, dense, lam):
+    """The late-interaction kernels' shared arguments, with fresh (m, c) outputs and the work
+    items; returns (args, t, threads, (final, sim, dense_out))."""
     m, c = d_off.shape[0], d_off.shape[1] - 1
-    final = np.empty((m, c), np.float32)
-    sim = np.empty((m, c), np.float32)
-    dense_out = np.empty((m, c), np.float32)
+    outputs = tuple(np.empty((m, c), np.float32) for _ in range(3))
     threads = backend.get_num_threads()
     t = qtok.shape[0] // m                        # every query has t tokens
     items = _work_items(d_off, threads, t * dtok.shape[0] * dtok.shape[1])
     args = (qtok, q_off, idf, dtok, d_off, items, -1.0 if tau is None else tau,
-            None if dense is None else dense.reshape(m, c), lam, final, sim, dense_out,
-            threads, BLOCK_TOKENS)
+            None if dense is None else dense.reshape(m, c), lam, *outputs, threads)
+    return args, t, outputs
+
+
+def _run_pooling(kernels, qtok, q_off, idf, dtok, d_off, tau, dense, lam):
+    args, t, outputs = _kernel_args(qtok, q_off, idf, dtok, d_off, tau, dense, lam)
     bad = backend.call_holding_blas(t, BLOCK_TOKENS, dtok.shape[1], kernels.late_interaction,
-                                    *args)
-    return bad, final, sim, dense_out
+                                    *args, BLOCK_TOKENS)
+    return (bad, *outputs)
 
 
 def _doc_token_matrix(doc_tokens, doc_scales, ndim):
@@ -187,18 +191,8 @@ def _check_scales(scales, shape):
 
 
 def _run_int8(kernels, qtok, q_off, idf, codes, d_off, tau, dense, lam):
-    m, c = d_off.shape[0], d_off.shape[1] - 1
-    final = np.empty((m, c), np.float32)
-    sim = np.empty((m, c), np.float32)
-    dense_out = np.empty((m, c), np.float32)
-    threads = backend.get_num_threads()
-    t = qtok.shape[0] // m                        # every query has t tokens
-    items = _work_items(d_off, threads, t * codes.shape[0] * codes.shape[1])
-    bad = kernels.late_interaction_int8(
-        qtok, q_off, idf, codes, d_off, items, -1.0 if tau is None else tau,
-        None if dense is None else dense.reshape(m, c), lam, final, sim, dense_out, threads,
-        BLOCK_TOKENS_INT8)
-    return bad, final, sim, dense_out
+    args, _, outputs = _kernel_args(qtok, q_off, idf, codes, d_off, tau, dense, lam)
+    return (kernels.late_interaction_int8(*args, BLOCK_TOKENS_INT8), *outputs)
 
 
 def late_interaction(query_tokens, doc_tokens, doc_offsets, *, tau=None, idf=None, dense=None,
