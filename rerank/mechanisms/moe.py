@@ -21,6 +21,7 @@ attributes ``w_q``, ``w_k``, ``w_v``, ``w_router`` (and ``phi``) hold the ones i
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from numbers import Integral, Real
 
 import numpy as np
@@ -107,9 +108,9 @@ class _AttentionExperts(Mechanism):
         weights["w_v"] = _noisy_identity(rng, e, dv)
         return weights
 
+    @abstractmethod
     def _draw_routing(self, rng, d: int) -> dict[str, np.ndarray]:
         """The default router (or slot) parameters for queries of width d."""
-        raise NotImplementedError
 
     def _expected_shapes(self, d: int, dv: int) -> dict[str, tuple]:
         e = self.num_experts
@@ -170,8 +171,9 @@ class _TokenRoutedExperts(_AttentionExperts):
         q4, _, _, _, _, _, weights = self._prepare(q, k, v, None, None)
         return self._route(self._router_probabilities(q4, weights["w_router"]))
 
+    @abstractmethod
     def _route(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """(gates, served) (b, h, n, E) from the router probabilities (b, h, n, E)."""
 
     def _forward(self, q, k, v, *, mask=None, causal=False, scale=None):
         q4, k4, v4, mask4, scale, out_shape, weights = self._prepare(q, k, v, mask, scale)

@@ -10,6 +10,7 @@ sitting at p_i = i + m − n (see :mod:`rerank.masking`), and are cached per sha
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections import OrderedDict
 
 import numpy as np
@@ -259,8 +260,9 @@ class _PatternMechanism(Mechanism):
         mask = masking.from_csr(row_ptr, cols, m)
         return mask[0] if mask.shape[0] == 1 else mask
 
+    @abstractmethod
     def _keys(self, pos: np.ndarray, m: int, heads: int, causal: bool) -> list:
-        raise NotImplementedError
+        """Per head pattern, the allowed keys of the queries at key positions ``pos``."""
 
     def not_supported_reasons(self, q, k, v, *, mask=None, causal=False) -> list[str]:
         reasons = super().not_supported_reasons(q, k, v, mask=mask, causal=causal)
@@ -517,7 +519,7 @@ class RandomAttention(_PatternMechanism):
 # ---------------------------------------------------------------------------------------------
 # star and blockwise
 
-class StarAttention(_PatternMechanism):
+class StarAttention(Mechanism):
     """Star-Transformer: the n positions are satellites, a relay s starts as their mean. Each round,
     satellite i attends to its ring neighbours' states h_{i−1}, h_i, h_{i+1}, its embedding e_i
     (k_i, v_i) and the relay; then the relay attends to itself and the new satellite states.
