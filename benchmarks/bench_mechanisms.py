@@ -198,7 +198,7 @@ def markdown(report: dict) -> str:
     lines += ["", "Notes per mechanism (spec notes):", ""]
     for row in report["rows"]:
         lines.append(f"- **{row['label']}**: {row['notes']}")
-    lines += ["", f"Compiled vs numpy backend before timing (n = 1,024, max |Δ|): "
+    lines += ["", "Compiled vs numpy backend before timing (n = 1,024, max |Δ|): "
               + ", ".join(f"{k} {v:.1e}" for k, v in report["agreement"].items()), ""]
     return "\n".join(lines)
 

@@ -9,7 +9,6 @@ so recall@100 compares like with like.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,17 +19,6 @@ from .text_settings import DEFAULT, FAMILY, TextRerankSettings, query_token_weig
 LIST_DEPTH = 100
 #: Tokens per chunk when hierarchical scoring pools chunk vectors from stored token vectors.
 CHUNK_TOKENS = 32
-
-
-@dataclass
-class _Query:
-    qid: str
-    vector: np.ndarray
-    tokens: np.ndarray
-    piece_ids: np.ndarray | None
-    dense_ids: list
-    dense_scores: np.ndarray
-    search_ms: float
 
 
 def _zmix(dense: np.ndarray, sim: np.ndarray, lam: float) -> np.ndarray:

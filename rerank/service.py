@@ -41,7 +41,6 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import math
 import os
 import threading
 import time
