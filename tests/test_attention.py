@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import rerank
-from rerank import backend, reference
+from rerank import reference
 
 from conftest import assert_close, f32
 

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from memory_adapter import Record, UnifiedMemoryService
+from memory_adapter import UnifiedMemoryService
 from rerank.retrieval import HNSWIndex
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")

@@ -8,7 +8,7 @@ import pytest
 from memory_adapter import AttentionEnhancedMemory
 from memory_adapter.attention_memory import attention_scores
 from rerank import hooks, reference
-from rerank.hooks import (AttentionSettings, HookContext, HookError, HookRegistry,
+from rerank.hooks import (AttentionSettings, HookContext, HookRegistry,
                           TASK_MECHANISMS, task_intelligence)
 from rerank.pipeline import Pipeline, PipelineResults
 from rerank.reranker import Candidates, RankedResults, results_in_order
