@@ -23,6 +23,7 @@ from rerank.mechanisms import registry
 from rerank.pipeline import Pipeline
 from rerank.reranker import Candidates, RankedResults, Reranker, results_in_order
 from rerank.text_settings import DEFAULT, TextRerankSettings, query_token_weights
+from rerank.validation import positive_int
 
 from .unified import UnifiedMemoryService
 
@@ -120,7 +121,9 @@ class AttentionEnhancedMemory(UnifiedMemoryService):
         mq = (self.query(query) if chosen.text_settings in (None, self.text_settings)
               else self.query(query, chosen.text_settings))
         mq = replace(mq, mechanism=chosen.mechanism, text_settings=chosen.text_settings)
-        ranked = self.pipeline.run(mq, k, available=self.available(filter), filter=filter,
+        # the pipeline fetches at most max(k, cap) candidates: counting further is wasted
+        available = self.available(filter, at_most=max(positive_int("k", k), self.pipeline.cap))
+        ranked = self.pipeline.run(mq, k, available=available, filter=filter,
                                    prepared=prepared)
         if not self.candidate_documents:
             start = time.perf_counter()
@@ -145,10 +148,21 @@ class AttentionEnhancedMemory(UnifiedMemoryService):
         the candidates' stored token vectors when the query has tokens."""
         hits = self.search(query.vector, n, filter=filter, documents=self.candidate_documents)
         ids = [h["corpus_id"] for h in hits]
-        scores = np.array([h["score"] for h in hits], dtype=np.float32)
         tokens = offsets = None
-        if query.tokens is not None:
-            tokens, offsets = self.candidate_tokens(ids)
+        for attempt in range(3 if query.tokens is not None else 0):
+            try:
+                tokens, offsets = self.candidate_tokens(ids)
+                break
+            except KeyError:
+                # deleted by a concurrent write since the search: drop them, as search does
+                if attempt == 2:
+                    raise
+                present = self.document_store.documents(ids)
+                hits = [h for h, d in zip(hits, present) if d is not None]
+                ids = [h["corpus_id"] for h in hits]
+        if not hits:
+            raise KeyError("every candidate was deleted by a concurrent write; search again")
+        scores = np.array([h["score"] for h in hits], dtype=np.float32)
         cands = Candidates(vectors=np.stack([h["vector"] for h in hits]), ids=ids,
                            texts=[h["text"] for h in hits] if self.candidate_documents else None,
                            metadata=([h["metadata"] for h in hits] if self.candidate_documents

@@ -244,6 +244,9 @@ class SQLiteStore:
                 raise TypeError(f"records[{i}] must be a Record; got {type(rec).__name__}")
             if not isinstance(rec.id, str) or not rec.id:
                 raise ValueError(f"records[{i}].id must be a non-empty string; got {rec.id!r}")
+            if "\x00" in rec.id:   # SQLite's JSON functions, our id lookups, stop at NUL
+                raise ValueError(f"records[{i}].id must not contain a NUL character; got "
+                                 f"{rec.id!r}")
             where = f"records[{i}] (id {rec.id!r})"
             if rec.id in seen:
                 raise ValueError(f"{where} repeats the id of records[{seen[rec.id]}]; one batch "

@@ -6,7 +6,8 @@ most every ``autosave_seconds`` (``autosave=True``) and on :meth:`~UnifiedMemory
 the index behind the store, never the other way round that matters: on open (and on demand,
 :meth:`~UnifiedMemoryService.sync_index`) the index is compared with the store and repaired —
 rebuilt when its file is missing, corrupt or built for another model/dimension/space; patched when
-ids are missing or extra, or when vectors changed after the index was last saved.
+ids are missing or extra, or when vectors changed after the index was last saved. (With
+PostgreSQL the index is in the store's own table, so none of this applies.)
 
 ``status()`` says what is active: documents, indexed items, model, dimension, space, the embedder
 (its model id, or ``None``), the index file and the last repair.
@@ -29,7 +30,7 @@ from rerank.retrieval import HNSWIndex, IndexCorruptError, IndexMismatchError, R
 from rerank.validation import as_float32, offsets as check_offsets, positive_int
 
 from .interfaces import Record
-from .location import index_path_for, resolve_db
+from .location import index_path_for, is_postgres_url, resolve_db
 from .sqlite_store import SQLiteStore
 
 __all__ = ["UnifiedMemoryService"]
@@ -38,6 +39,12 @@ log = logging.getLogger(__name__)
 
 #: Keyword arguments of :meth:`UnifiedMemoryService.open` that configure the HNSW index.
 INDEX_PARAMS = ("M", "ef_construction", "ef", "capacity", "rebuild_ratio", "num_threads")
+#: Keyword arguments of :meth:`UnifiedMemoryService.open` for a PostgreSQL store.
+POSTGRES_PARAMS = ("replica_url", "pool_min_size", "pool_max_size", "connect_timeout",
+                   "token_dtype", "max_scan_tuples", "exact_search_limit")
+_SOURCE_PARAMS = ("max_scan_tuples", "exact_search_limit")   # of PgVectorSource
+#: The read replica a PostgreSQL memory searches when ``replica_url`` is not given.
+REPLICA_ENV_VAR = "RERANK_DB_REPLICA"
 _DOC_KEYS = {"id", "_id", "vector", "text", "metadata", "tokens", "token_ids", "chunks"}
 _CHUNK_IDS = 8192   # ids per read when streaming vectors out of the store
 
@@ -94,8 +101,11 @@ class UnifiedMemoryService:
     the index with the store now and repair it.
 
     :meth:`open` builds the usual setup: a SQLite file (``--db`` / ``RERANK_DB`` / the per-user
-    data directory) with its index file beside it. Thread-safe: writes are serialised; searches run
-    concurrently but never see a write half-applied (store written, index not yet).
+    data directory) with its index file beside it, or for a ``postgresql://`` URL a PostgreSQL
+    store whose pgvector index lives in its table (updated in the store's transactions, searched
+    with the metadata filter in the same query; nothing to save or sync). Thread-safe: writes
+    are serialised; searches run concurrently but never see a write half-applied (store
+    written, index not yet).
     """
 
     def __init__(self, document_store, candidate_source=None, embedder=None, *,
@@ -144,7 +154,15 @@ class UnifiedMemoryService:
         (``None``: the index file's, else cosine). ``M``, ``ef_construction``, ``ef``,
         ``capacity``, ``rebuild_ratio``, ``num_threads`` configure a new index (a loaded one keeps
         its graph parameters; ``ef`` and ``num_threads`` apply); every other keyword goes to the
-        constructor (``autosave``, ``store_tokens``, or a subclass's own)."""
+        constructor (``autosave``, ``store_tokens``, or a subclass's own).
+
+        A ``postgresql://`` URL opens a :class:`~memory_adapter.postgres_store.PostgresStore`
+        searched by a :class:`~memory_adapter.pgvector_source.PgVectorSource` instead: no index
+        file, nothing to sync. ``M``/``ef_construction`` configure a new store's HNSW index,
+        ``ef`` the least ``hnsw.ef_search``; ``replica_url`` (default ``$RERANK_DB_REPLICA``),
+        ``pool_min_size``, ``pool_max_size``, ``connect_timeout``, ``token_dtype``,
+        ``max_scan_tuples`` and ``exact_search_limit`` go to them; ``capacity``,
+        ``rebuild_ratio`` and ``num_threads`` have no meaning there and are ignored."""
         if embedder is not None:
             model_id = embedder.model_id if model_id is None else model_id
             dim = embedder.dim if dim is None else dim
@@ -153,6 +171,8 @@ class UnifiedMemoryService:
                              f"model_id={model_id!r}, dim={dim!r}")
         index_params = {k: kwargs.pop(k) for k in INDEX_PARAMS if k in kwargs}
         path = resolve_db(db)
+        if is_postgres_url(path):
+            return cls._open_postgres(path, model_id, dim, embedder, space, index_params, kwargs)
         store = SQLiteStore(path, model_id=model_id, dim=dim)
         try:
             index_path = index_path_for(path)
@@ -161,6 +181,28 @@ class UnifiedMemoryService:
             index, reason = cls._load_index(index_path, store, space, index_params)
             service = cls(store, index, embedder, index_path=index_path, sync=False, **kwargs)
             service.sync_index(reason=reason)
+        except BaseException:
+            store.close()
+            raise
+        return service
+
+    @classmethod
+    def _open_postgres(cls, url, model_id, dim, embedder, space, index_params, kwargs):
+        """The service over a PostgreSQL store and its pgvector candidate source."""
+        from .pgvector_source import PgVectorSource
+        from .postgres_store import PostgresStore
+
+        options = {k: kwargs.pop(k) for k in POSTGRES_PARAMS if k in kwargs}
+        if options.get("replica_url") is None and os.environ.get(REPLICA_ENV_VAR):
+            options["replica_url"] = os.environ[REPLICA_ENV_VAR]
+        scan = {k: options.pop(k) for k in _SOURCE_PARAMS if k in options}
+        store = PostgresStore(url, model_id=model_id, dim=dim, space=space,
+                              **{k: index_params[k] for k in ("M", "ef_construction")
+                                 if k in index_params}, **options)
+        try:
+            source = PgVectorSource(store, ef_search=index_params.get("ef", 40), **scan)
+            service = cls(store, source, embedder, index_path=None, sync=False, **kwargs)
+            service.sync_index()
         except BaseException:
             store.close()
             raise
@@ -192,7 +234,12 @@ class UnifiedMemoryService:
         return index, None
 
     def _adopt(self, source):
-        """``source``, or a fresh index when it is ``None`` or built for another model/dim."""
+        """``source``, or a fresh index when it is ``None`` or built for another model/dim
+        (for a PostgreSQL store: its pgvector index)."""
+        if source is None and getattr(self.document_store, "backend", None) == "postgresql":
+            from .pgvector_source import PgVectorSource
+
+            return PgVectorSource(self.document_store)
         if source is None:
             return HNSWIndex(self.dim, model_id=self.model_id)
         if source.model_id == self.model_id and source.dim == self.dim:
@@ -415,7 +462,8 @@ class UnifiedMemoryService:
         ids = [ids] if isinstance(ids, str) else list(ids)
         with self._lock.write():
             n = self.document_store.delete(ids)
-            indexed = [i for i in ids if i in self.candidate_source]
+            indexed = [] if self._index_in_store else \
+                [i for i in ids if i in self.candidate_source]
             if n or indexed:
                 self._apply(None, delete_ids=indexed)
         self._autosave()
@@ -444,15 +492,20 @@ class UnifiedMemoryService:
     def __contains__(self, id) -> bool:
         return isinstance(id, str) and self.document_store.get([id])[0] is not None
 
-    def available(self, filter=None) -> int:
-        """How many documents a search with ``filter`` can return (without a filter: the
-        index's count, which sync keeps equal to the store's; SQLite's count(*) scans the table,
-        0.3 ms at 100k documents)."""
+    def available(self, filter=None, at_most: int | None = None) -> int:
+        """How many documents a search with ``filter`` can return, or ``at_most`` when more
+        can (without a filter: the index's count, which sync keeps equal to the store's;
+        SQLite's count(*) scans the table, 0.3 ms at 100k documents). A source that filters in
+        its database counts there, stopping at ``at_most``."""
+        if self._pushes_filters:
+            return self.document_store.count_matching(filter, at_most)
         if filter is None:
             if self._needs_sync:
                 self.sync_index()
-            return self.candidate_source.count
-        return len(self.document_store.resolve_filter(filter))
+            n = self.candidate_source.count
+        else:
+            n = len(self.document_store.resolve_filter(filter))
+        return n if at_most is None else min(n, at_most)
 
     def search(self, query, k: int, filter: dict | None = None, *,
                documents: bool = True) -> list[dict]:
@@ -471,24 +524,51 @@ class UnifiedMemoryService:
         if self._needs_sync:
             self.sync_index()
         store = self.document_store
-        with self._lock.read():
-            allowed = store.resolve_filter(filter)
-            available = self.candidate_source.count if allowed is None else len(allowed)
-            if k > available:
-                what = "documents are stored" if allowed is None else \
-                    f"documents match the filter {filter!r}"
-                raise ValueError(f"k = {k} but only {available} {what}; ask for at most "
-                                 f"{available}")
-            found = self.candidate_source.search(q, k, allowed=allowed)
-            ids, scores = found.ids[0], found.scores[0]
-            if not documents:
-                return [{"corpus_id": i, "score": float(s), "vector": v}
-                        for i, s, v in zip(ids, scores, found.vectors[0])]
-            records = store.get(ids)
+        if self._pushes_filters:   # the filter is evaluated in the source's own query
+            found = self._search_in_store(q, k, filter)
+            records = store.get(found.ids[0]) if documents else None
+        else:
+            with self._lock.read():
+                allowed = store.resolve_filter(filter)
+                available = self.candidate_source.count if allowed is None else len(allowed)
+                if k > available:
+                    what = "documents are stored" if allowed is None else \
+                        f"documents match the filter {filter!r}"
+                    raise ValueError(f"k = {k} but only {available} {what}; ask for at most "
+                                     f"{available}")
+                found = self.candidate_source.search(q, k, allowed=allowed)
+                records = store.get(found.ids[0]) if documents else None
+        ids, scores = found.ids[0], found.scores[0]
+        if not documents:
+            return [{"corpus_id": i, "score": float(s), "vector": v}
+                    for i, s, v in zip(ids, scores, found.vectors[0])]
         # a record missing here was deleted by another process after our last sync: never return it
         return [{"corpus_id": rec.id, "score": float(score), "text": rec.text,
                  "metadata": rec.metadata, "vector": rec.vector}
                 for rec, score in zip(records, scores) if rec is not None]
+
+    def _search_in_store(self, q: np.ndarray, k: int, filter):
+        """``search`` through a source that evaluates ``filter`` itself (pgvector): one query,
+        no id set built here."""
+        from .pgvector_source import NotEnoughCandidates
+
+        try:
+            return self.candidate_source.search(q, k, filter=filter)
+        except NotEnoughCandidates as exc:
+            what = ("documents are stored" if filter is None or not filter
+                    else f"documents match the filter {filter!r}")
+            raise ValueError(f"k = {k} but only {exc.available} {what}; ask for at most "
+                             f"{exc.available}") from None
+
+    @property
+    def _index_in_store(self) -> bool:
+        """Whether the candidate source is part of the store (pgvector: updated in the store's
+        transactions, nothing to save or sync)."""
+        return getattr(self.candidate_source, "lives_in_store", False)
+
+    @property
+    def _pushes_filters(self) -> bool:
+        return getattr(self.candidate_source, "pushes_filters", False)
 
     # ---------------------------------------------------------------- index upkeep
     @property
@@ -531,6 +611,13 @@ class UnifiedMemoryService:
         saved; ``status()["index_repaired"]`` describes the repair."""
         self._check_open()
         store, index = self.document_store, self.candidate_source
+        if self._index_in_store:   # nothing can disagree; an interrupted bulk load is repaired
+            what = index.repair()
+            self._needs_sync = False
+            if what:
+                self._set_repaired(what)
+            return {"rebuilt": what is not None, "added": 0, "removed": 0, "updated": 0,
+                    "reason": what}
         reason, self._adopt_reason = reason or self._adopt_reason, None
         report = {"rebuilt": False, "added": 0, "removed": 0, "updated": 0, "reason": reason}
         with self._lock.write():

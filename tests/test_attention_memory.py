@@ -93,3 +93,25 @@ def test_rerank_failure_returns_the_vector_order(memory, rng):
     res = mem.retrieve(q, 5)
     assert "scorer down" in res.fallback
     assert res.ids == [h["corpus_id"] for h in mem.search(q, 15)][:5]
+
+
+def test_candidates_deleted_between_search_and_token_read_are_dropped(tmp_path, rng, monkeypatch):
+    from memory_adapter.attention_memory import MemoryQuery
+
+    vectors = f32(rng, 40, 16)
+    with AttentionEnhancedMemory.open(tmp_path / "t.db", dim=16, model_id="test-vectors") as mem:
+        mem.store([{"id": f"doc{i}", "vector": v, "tokens": f32(rng, 3, 16)}
+                   for i, v in enumerate(vectors)])
+        query = MemoryQuery(vectors[0], tokens=f32(rng, 2, 16))
+        first = [h["corpus_id"] for h in mem.search(vectors[0], 6)]
+        read = AttentionEnhancedMemory.candidate_tokens
+
+        def delete_then_read(self, ids):     # a concurrent delete lands after the search
+            if first[2] in self:
+                self.delete(first[2])
+            return read(self, ids)
+
+        monkeypatch.setattr(AttentionEnhancedMemory, "candidate_tokens", delete_then_read)
+        cands, scores = mem.candidates(query, 6)
+        assert list(cands.ids) == [i for i in first if i != first[2]]
+        assert len(scores) == 5 and cands.token_offsets[-1] == 15
