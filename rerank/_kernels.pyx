@@ -979,3 +979,4 @@ def late_interaction_int8_one(object query_tokens, object codes, object offsets,
 include "_kernels_sparse.pxi"
 include "_kernels_linear.pxi"
 include "_kernels_flash.pxi"
+include "_kernels_batch.pxi"
