@@ -50,6 +50,8 @@ class EmbeddingService:
         path = packaged_model_path() if model is None else model
         self.model_id = model_id or (PACKAGED_MODEL_ID if model is None else str(model))
         self._model = SentenceTransformer(path, device=device, local_files_only=True)
+        self._model.eval()
+        self._device = self._model.device
         dimension = (getattr(self._model, "get_embedding_dimension", None)
                      or self._model.get_sentence_embedding_dimension)
         self.dim = int(dimension())
@@ -82,8 +84,7 @@ class EmbeddingService:
                 self._cache.move_to_end(t)
         missing = list(dict.fromkeys(t for t in texts if t not in found))
         if missing:
-            outputs = self._model.encode(missing, batch_size=self.batch_size, output_value=None,
-                                         convert_to_numpy=True, show_progress_bar=False)
+            outputs = self._forward(missing)
             for text, out in zip(missing, outputs):
                 sentence = _normalise(np.asarray(out["sentence_embedding"], np.float32))
                 tokens = np.asarray(out["token_embeddings"], np.float32)
@@ -100,6 +101,50 @@ class EmbeddingService:
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         return [found[t] for t in texts]
+
+    def _forward(self, texts: list[str]) -> list[dict]:
+        """The model's outputs per text (``sentence_embedding``, ``token_embeddings``,
+        ``attention_mask``, ``input_ids``), ``batch_size`` texts per forward pass, longest
+        first (as ``SentenceTransformer.encode`` batches them), called directly: ``encode``
+        spends ~3 ms per call looking up the device and walking the modules."""
+        import torch
+
+        model = self._model
+        tokenize = getattr(model, "preprocess", None) or model.tokenize
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        outputs: list[dict] = [{}] * len(texts)
+        for start in range(0, len(order), self.batch_size):
+            part = order[start:start + self.batch_size]
+            features = tokenize([texts[i] for i in part])
+            features = {k: v.to(self._device) if isinstance(v, torch.Tensor) else v
+                        for k, v in features.items()}
+            with torch.inference_mode():
+                result = model.forward(features)
+            arrays = {key: result[key].float().cpu().numpy() if result[key].is_floating_point()
+                      else result[key].cpu().numpy()
+                      for key in ("sentence_embedding", "token_embeddings", "attention_mask",
+                                  "input_ids")}
+            for row, i in enumerate(part):
+                outputs[i] = {key: value[row] for key, value in arrays.items()}
+        return outputs
+
+    def encode(self, texts) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per text, from one forward pass over the texts not cached: (sentence vector (d,),
+        token vectors (t, d), word-piece ids (t,)) as ``embed``, ``embed_tokens`` and
+        ``token_ids`` return them (and cached for them)."""
+        texts = self._texts(texts)
+        return self._encode(texts) if texts else []
+
+    def cached(self, texts) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+        """What :meth:`encode` would return for each text already in the cache; ``None`` for
+        the others (no forward pass)."""
+        texts = self._texts(texts)
+        with self._lock:
+            found = [self._cache.get(t) for t in texts]
+            for t, hit in zip(texts, found):
+                if hit is not None:
+                    self._cache.move_to_end(t)
+        return found
 
     def embed(self, texts) -> np.ndarray:
         """L2-normalised sentence embeddings, float32 (n, d)."""

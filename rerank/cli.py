@@ -71,8 +71,7 @@ def status(db, as_json):
 
     info = backend.status()
     try:
-        from memory_adapter.location import index_path_for, resolve_db
-        from memory_adapter.sqlite_store import describe
+        from memory_adapter.location import describe, index_path_for, is_postgres_url, resolve_db
     except ImportError as exc:  # the memory extra (sqlite-utils) is not installed
         info["store"] = {"error": f"memory_adapter unavailable: {exc}"}
         describe = None
@@ -80,11 +79,13 @@ def status(db, as_json):
         path = resolve_db(db) if describe else None
         store = describe(path) if path else None
         if store is not None:
-            index = index_path_for(path)
-            store["index_path"] = index
-            store["index_bytes"] = os.path.getsize(index) if index and os.path.exists(index) else 0
+            if not is_postgres_url(path):   # PostgreSQL: the index is in the database
+                index = index_path_for(path)
+                store["index_path"] = index
+                store["index_bytes"] = (os.path.getsize(index) if index and os.path.exists(index)
+                                        else 0)
             info["store"] = store
-    except ValueError as exc:
+    except (ValueError, ConnectionError, ImportError) as exc:   # ConnectionError: server down
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -114,11 +115,19 @@ def _resolve_db(db) -> str:
     return resolve_db(db)
 
 
-def _describe(path: str) -> dict | None:
-    """What the store at ``path`` holds, or None when there is none (read-only)."""
-    from memory_adapter.sqlite_store import describe
+def _shown(db_path: str) -> str:
+    """The database as messages show it: a URL without its password."""
+    from memory_adapter.location import redact_url
 
-    return describe(path) if path != ":memory:" else None
+    return redact_url(db_path)
+
+
+def _describe(path: str) -> dict | None:
+    """What the store at ``path`` (a file or a PostgreSQL URL) holds, or None when there is none
+    (read-only)."""
+    from memory_adapter.location import describe
+
+    return describe(path)
 
 
 def _expected_model_id(ctx) -> str:
@@ -137,7 +146,7 @@ def _check_model(ctx, path: str, store: dict | None) -> None:
     model_id = _expected_model_id(ctx)
     if store.get("model_id") != model_id:
         raise click.ClickException(
-            f"the store at {path} holds vectors of model {store.get('model_id')!r} (dim "
+            f"the store at {_shown(path)} holds vectors of model {store.get('model_id')!r} (dim "
             f"{store.get('dim')}); this command embeds with {model_id!r}: vectors of different "
             "models are not comparable. Use another --db")
 
@@ -252,19 +261,19 @@ def index(ctx, path, db, batch_size, with_chunks, as_json):
         seconds = time.perf_counter() - start
         rate = stored / seconds if seconds > 0 else 0.0
         if as_json:
-            _echo_json({"path": path, "db": db_path, "stored": stored, "skipped": skipped,
-                        "seconds": round(seconds, 3), "docs_per_second": round(rate, 2),
-                        "documents": documents})
+            _echo_json({"path": path, "db": _shown(db_path), "stored": stored,
+                        "skipped": skipped, "seconds": round(seconds, 3),
+                        "docs_per_second": round(rate, 2), "documents": documents})
         else:
             click.echo(f"stored {stored} documents, skipped {skipped} already stored, in "
-                       f"{seconds:.1f} s ({rate:,.1f} docs/s); {db_path} holds {documents} "
-                       "documents")
+                       f"{seconds:.1f} s ({rate:,.1f} docs/s); {_shown(db_path)} holds "
+                       f"{documents} documents")
 
     if store is not None and store["documents"] >= len(ids):
         # everything may be stored already: find out without loading the embedding model
-        from memory_adapter.sqlite_store import SQLiteStore
+        from memory_adapter.location import open_store
 
-        with SQLiteStore(db_path, model_id=store["model_id"], dim=store["dim"]) as existing:
+        with open_store(db_path, model_id=store["model_id"], dim=store["dim"]) as existing:
             stored_ids = set(existing.ids())
         if all(i in stored_ids for i in ids):
             report(len(ids), len(stored_ids))
@@ -300,79 +309,19 @@ def index(ctx, path, db, batch_size, with_chunks, as_json):
                     flush()
         except KeyboardInterrupt:
             click.echo(f"interrupted: {stored} documents stored in this run, {memory.count()} in "
-                       f"{db_path}; run the same command again to resume (stored documents are "
-                       "skipped)", err=True)
+                       f"{_shown(db_path)}; run the same command again to resume (stored "
+                       "documents are skipped)", err=True)
             ctx.exit(130)
         documents = memory.count()
     report(skipped, documents)
 
 
 # ----------------------------------------------------------------------------------- search
-_MEMORY_CLASS = None
-
-
 def _search_memory_class():
-    """``AttentionEnhancedMemory`` with the scorer chosen by ``--mechanism`` and the query's
-    embedding time recorded (built on first use: it imports the reranker)."""
-    global _MEMORY_CLASS
-    if _MEMORY_CLASS is not None:
-        return _MEMORY_CLASS
-    import dataclasses
+    """The memory ``search`` uses: :class:`rerank.serving.SearchMemory` (imported on first use:
+    it imports the reranker)."""
+    from .serving import SearchMemory
 
-    import numpy as np
-    from memory_adapter.attention_memory import AttentionEnhancedMemory, MemoryQuery
-
-    from .reranker import Reranker
-
-    class SearchMemory(AttentionEnhancedMemory):
-        """``mechanism``: ``None`` (the memory's choice: late interaction over stored token
-        vectors, else memory-attention), ``memory-attention`` (pooled vectors only: the query
-        is embedded without tokens), ``cross-attention`` (every candidate must have stored
-        token vectors) or ``hierarchical-cross-attention`` (every candidate must have stored
-        chunk vectors: ``rerank index --chunks``)."""
-
-        def __init__(self, *args, mechanism: str | None = None, **kwargs):
-            self.mechanism = mechanism
-            self.embed_ms = 0.0
-            super().__init__(*args, reranker=Reranker(mechanism), **kwargs)
-
-        def query(self, query):
-            start = time.perf_counter()
-            if self.mechanism in ("memory-attention", "hierarchical-cross-attention"):
-                q = MemoryQuery(self._embed_query(query))
-            else:
-                q = super().query(query)
-            self.embed_ms = (time.perf_counter() - start) * 1e3
-            if self.mechanism == "cross-attention" and q.tokens is None:
-                raise ValueError("cross-attention needs the query's token vectors: a text query "
-                                 "and an embedder with embed_tokens")
-            return q
-
-        def candidates(self, query, n, filter=None):
-            cands, scores = super().candidates(query, n, filter)
-            ids = list(cands.ids)
-            if self.mechanism == "cross-attention" and cands.tokens is None:
-                lacking = [i for i, t in zip(ids, self.token_vectors(ids)) if t is None]
-                raise ValueError(f"cross-attention needs stored token vectors, and {len(lacking)} "
-                                 f"of the {len(ids)} candidates have none (e.g. {lacking[:3]!r}); "
-                                 "re-index them with an embedder that stores tokens, or use "
-                                 "--mechanism memory-attention")
-            if self.mechanism == "hierarchical-cross-attention":
-                records = self.get(ids)
-                lacking = [i for i, r in zip(ids, records) if r is None or r.chunks is None]
-                if lacking:
-                    raise ValueError(
-                        f"hierarchical-cross-attention needs stored chunk vectors, and "
-                        f"{len(lacking)} of the {len(ids)} candidates have none (e.g. "
-                        f"{lacking[:3]!r}); index with `rerank index --chunks` (into a new --db, "
-                        "or after removing the old one: stored ids are skipped)")
-                parts = [r.chunks for r in records]
-                offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
-                cands = dataclasses.replace(cands, chunks=np.concatenate(parts),
-                                            chunk_offsets=offsets)
-            return cands, scores
-
-    _MEMORY_CLASS = SearchMemory
     return SearchMemory
 
 
@@ -415,39 +364,31 @@ def search(ctx, query, k, db, mechanism, filter_json, as_json):
     db_path = _resolve_db(db)
     store = _describe(db_path)
     if store is None:
-        raise click.ClickException(f"no database at {db_path}: index documents first "
-                                   f"(rerank index PATH --db {db_path})")
+        raise click.ClickException(f"no database at {_shown(db_path)}: index documents first "
+                                   f"(rerank index PATH --db {_shown(db_path)})")
     if store["documents"] == 0:
-        raise click.ClickException(f"the database {db_path} holds no documents: index some "
-                                   f"first (rerank index PATH --db {db_path})")
+        raise click.ClickException(f"the database {_shown(db_path)} holds no documents: index "
+                                   f"some first (rerank index PATH --db {_shown(db_path)})")
     if filter is None and k > store["documents"]:
-        raise click.ClickException(f"k = {k} but the database {db_path} holds only "
+        raise click.ClickException(f"k = {k} but the database {_shown(db_path)} holds only "
                                    f"{store['documents']} documents; ask for at most "
                                    f"{store['documents']}")
     if mechanism == "cross-attention" and store.get("documents_with_tokens") == 0:
         raise click.ClickException(f"cross-attention needs stored token vectors and the "
-                                   f"database {db_path} has none; use --mechanism "
+                                   f"database {_shown(db_path)} has none; use --mechanism "
                                    "memory-attention, or re-index with token vectors")
     _check_model(ctx, db_path, store)
     embedder = _embedder(ctx)
     with _search_memory_class().open(db_path, embedder=embedder, mechanism=mechanism) as memory:
         ranked = memory.retrieve(query, k, filter=filter)
-        embed_ms = memory.embed_ms
-    timings = {"embed": embed_ms, **ranked.timings_ms}
-    timings["total"] = timings.get("total", 0.0) + embed_ms   # the query's embedding included
-    known = [key for key in ("embed", "retrieve", "rerank", "documents") if key in timings]
-    keys = known + [key for key in timings if key not in known and key != "total"] + ["total"]
-    timings = {key: round(timings[key], 3) for key in keys}
-    results = [{key: item[key] for key in ("corpus_id", "score", "text", "metadata")
-                if key in item} for item in ranked.results]
+    from .serving import search_document
+
+    document = search_document(query, ranked)
+    timings, results = document["timings_ms"], document["results"]
     if ranked.fallback:
         click.echo(f"warning: the rerank failed, results are in vector order: "
                    f"{ranked.fallback}", err=True)
     if as_json:
-        document = {"query": query, "mechanism": ranked.mechanism, "backend": ranked.backend,
-                    "timings_ms": timings, "results": results}
-        if ranked.fallback:
-            document["fallback"] = ranked.fallback
         _echo_json(document)
         return
     table = Table(title=f"{query!r}: top {len(results)}")
@@ -490,13 +431,14 @@ def eval_(ctx, directory, db, split, depth, cv, as_json):
     db_path = _resolve_db(db)
     store = _describe(db_path)
     if store is None or store["documents"] == 0:
-        raise click.ClickException(f"no indexed documents at {db_path}: index the collection "
-                                   f"first (rerank index {directory} --db {db_path})")
+        raise click.ClickException(f"no indexed documents at {_shown(db_path)}: index the "
+                                   f"collection first (rerank index {directory} --db "
+                                   f"{_shown(db_path)})")
     _check_model(ctx, db_path, store)
     if store["documents"] < len(dataset.corpus):
-        click.echo(f"warning: {db_path} holds {store['documents']} documents but the corpus has "
-                   f"{len(dataset.corpus)}: finish `rerank index {directory}` for comparable "
-                   "numbers", err=True)
+        click.echo(f"warning: {_shown(db_path)} holds {store['documents']} documents but the "
+                   f"corpus has {len(dataset.corpus)}: finish `rerank index {directory}` for "
+                   "comparable numbers", err=True)
     embedder = _embedder(ctx)
     console = _stderr()
     with AttentionEnhancedMemory.open(db_path, embedder=embedder) as memory, \
@@ -779,3 +721,112 @@ def benchmark(mechanisms, all_, seq_lens, dim, heads, rounds, numpy_max_seq_len,
               f"{files['json']}, {files['markdown']}"
               + (f" and {len(files['plots'])} plots" if files["plots"] else ""),
               highlight=False)
+
+
+# -------------------------------------------------------------------------------------- mcp
+@main.command("mcp")
+@click.option("--db", default=None, help=DB_HELP)
+@click.pass_context
+def mcp_command(ctx, db):
+    """Serve MCP tools over stdio: search, store, rerank, list_mechanisms, status.
+
+    For an MCP client (an agent) that starts this command and speaks the protocol on its stdin
+    and stdout; logs go to stderr. Stops when the client closes the connection."""
+    try:
+        import mcp  # noqa: F401 - the SDK, not rerank.mcp
+    except ImportError as exc:
+        raise click.ClickException(f"rerank mcp needs the MCP SDK ({exc}): "
+                                   "pip install 'rerank[serve]'") from None
+    from .mcp import run
+
+    run(db, embedder=(ctx.find_root().obj or {}).get("embedder"))
+
+
+# ------------------------------------------------------------------------------------ batch
+@main.command("batch")
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False,
+                                                                path_type=str))
+@click.argument("output_path", metavar="OUTPUT", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--db", default=None, help=DB_HELP + " It holds the candidates' vectors.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: a thread pool; ray: one Ray task per chunk (the cluster at "
+                   "RAY_ADDRESS, else a new local Ray).")
+@click.option("--top-k", type=click.IntRange(min=1), default=None,
+              help="Keep each query's best K (default: all its candidates).")
+@click.option("--chunk-size", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Queries per chunk (per Ray task).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="local: threads (default: RERANK_NUM_THREADS, else the CPUs); ray: CPUs per "
+                   "task (default 1).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON document.")
+@click.pass_context
+def batch(ctx, input_path, output_path, db, engine, top_k, chunk_size, threads, as_json):
+    """Rerank the JSON lines of INPUT into OUTPUT.
+
+    Each input line is {"query_id", "query" (text or a vector), "candidates": [ids]}; each
+    output line {"query_id", "results": [{"corpus_id", "score"}]}, best first, in input order.
+    Candidates are scored by memory-attention over their stored vectors."""
+    if engine == "ray":
+        from .batch_ray import import_ray
+
+        try:
+            import_ray()
+        except ImportError as exc:
+            raise click.ClickException(str(exc)) from None
+    from .batch import rerank_batch
+
+    summary = rerank_batch(input_path, output_path, db=_resolve_db(db), engine=engine,
+                           top_k=top_k, chunk_size=chunk_size, threads=threads,
+                           embedder=(ctx.find_root().obj or {}).get("embedder"))
+    if as_json:
+        _echo_json(summary)
+        return
+    click.echo(f"reranked {summary['queries']:,} queries ({summary['candidates']:,} candidates) "
+               f"in {summary['seconds']:.2f} s on {summary['engine']} ({summary['backend']}) "
+               f"→ {summary['output']}", err=True)
+
+
+# ------------------------------------------------------------------------------------ serve
+@main.command()
+@click.option("--db", default=None, help=DB_HELP + " Created when missing.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The interface to bind: loopback by default (another needs an API key).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="The TCP port (0: a free one, printed when listening).")
+@click.option("--api-key-env", default="RERANK_API_KEY", show_default=True, metavar="VAR",
+              help="The environment variable holding the API key: when set and not empty, every "
+                   "route but /healthz needs 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
+@click.option("--no-batching", is_flag=True,
+              help="Embed each query on its own (concurrent queries do not share forward passes).")
+@click.option("--torch-threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Threads of the embedding forward pass [default: half the CPUs, at least 1; "
+                   "the rest serve HTTP, retrieval and rerank].")
+@click.option("--access-log", is_flag=True, help="Log every request on stderr.")
+@click.pass_context
+def serve(ctx, db, host, port, api_key_env, no_batching, torch_threads, access_log):
+    """Serve the semantic search HTTP API over the memory at --db until Ctrl-C.
+
+    Routes: POST /v1/documents, GET|DELETE /v1/documents/{id}, POST /v1/search, POST /v1/rerank,
+    GET /v1/mechanisms, GET /healthz, GET /metrics, GET /openapi.json."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise click.ClickException(f"rerank serve needs the serve extra ({exc.name or exc} is not "
+                                   "installed): pip install 'rerank[serve]'") from None
+    from .server import default_torch_threads, serve as run
+
+    db_path = _resolve_db(db)
+    _check_model(ctx, db_path, _describe(db_path))
+    api_key = os.environ.get(api_key_env) or None     # off loopback without one: a warning
+    threads = torch_threads or default_torch_threads()
+
+    def ready(url: str) -> None:
+        click.echo(f"rerank serve: listening on {url} ({_shown(db_path)}; "
+                   f"{'API key required' if api_key else 'no API key'}; query embeddings "
+                   f"{'batched' if not no_batching else 'one by one'} on {threads} torch "
+                   f"thread{'s' if threads > 1 else ''}); Ctrl-C stops", err=True)
+
+    click.echo("rerank serve: loading the embedding model…", err=True)
+    run(db_path, host, port, api_key=api_key, batching=not no_batching, torch_threads=threads,
+        access_log=access_log, ready=ready)
