@@ -1,7 +1,8 @@
 """The ``rerank`` command line.
 
 ``rerank [--debug] COMMAND``: ``status``, ``index PATH``, ``search QUERY``, ``eval DIR``, ``list``,
-``recommend``, ``compute``, ``benchmark``.
+``recommend``, ``compute``, ``benchmark``, ``batch INPUT OUTPUT``, ``serve`` (HTTP) and ``mcp``
+(MCP tools over stdio).
 Errors print one line (``Error: …``) on stderr and exit non-zero; ``--debug`` (or ``RERANK_DEBUG=1``) shows the
 traceback instead. ``--json`` prints one JSON document on stdout (progress and messages go to
 stderr). Commands that embed text load the packaged embedding model lazily, so ``rerank status``
