@@ -15,6 +15,8 @@ from collections import deque
 
 import numpy as np
 
+from .service import EmbeddingService
+
 __all__ = ["BatchingEmbedder"]
 
 
@@ -83,15 +85,7 @@ class BatchingEmbedder:
                 f"max_wait_ms={self.max_wait_ms:g})")
 
     # ------------------------------------------------------------------ the embedder protocol
-    @staticmethod
-    def _texts(texts) -> list[str]:
-        if isinstance(texts, str):
-            raise TypeError("texts must be a list of strings (wrap a single text in a list)")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] must be a string; got {type(t).__name__}")
-        return texts
+    _texts = staticmethod(EmbeddingService._texts)   # the same checks and messages
 
     def encode(self, texts) -> list:
         """Per text (sentence vector, token vectors, word-piece ids), batched with concurrent

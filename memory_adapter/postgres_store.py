@@ -42,9 +42,10 @@ import numpy as np
 from rerank import quantization
 from rerank.validation import positive_int
 
+from .filters import parse_filter
 from .interfaces import Record
 from .location import redact_url
-from .sqlite_store import TOKEN_DTYPES, SQLiteStore, _as_ids, _check_scalar
+from .sqlite_store import TOKEN_DTYPES, SQLiteStore, _as_ids
 
 __all__ = ["PostgresStore", "StoreUnavailableError", "SCHEMA_VERSION", "SPACE_OPERATORS",
            "describe", "parse_filter"]
@@ -105,51 +106,6 @@ class StoreUnavailableError(ConnectionError):
 
 
 # ----------------------------------------------------------------------------- filters
-def parse_filter(filter) -> list[tuple[str, list]] | None:
-    """``filter`` checked and normalised: ``[(field, values), ...]`` (several fields = AND, a
-    field matches any of its values), ``None`` for no filter. Same rules and messages as the
-    SQLite store: ``{"field": value}`` or ``{"field": {"$in": [...]}}``; values are strings,
-    numbers, booleans or null."""
-    if filter is None:
-        return None
-    if not isinstance(filter, dict):
-        raise ValueError("filter must be a dict such as {'field': value} or "
-                         f"{{'field': {{'$in': [...]}}}}; got {type(filter).__name__}")
-    if not filter:
-        return None
-    out = []
-    for field, cond in filter.items():
-        if not isinstance(field, str) or not field:
-            raise ValueError(f"filter field names must be non-empty strings; got {field!r}")
-        if field.startswith("$"):
-            raise ValueError(f"filter operator {field!r} is not supported at the top level: "
-                             "filters are {'field': value} or {'field': {'$in': [...]}}, "
-                             "several fields meaning AND")
-        if '"' in field:
-            raise ValueError(f"filter field {field!r} must not contain a double quote")
-        if isinstance(cond, dict):
-            ops = list(cond)
-            if ops != ["$in"]:
-                unknown = [o for o in ops if o != "$in"] or ops
-                raise ValueError(f"filter[{field!r}] uses unknown operator(s) {unknown!r}: the "
-                                 "only operator is '$in' ({'field': {'$in': [...]}}), alone")
-            values = cond["$in"]
-            if not isinstance(values, (list, tuple)):
-                raise ValueError(f"filter[{field!r}]['$in'] must be a list of values; got "
-                                 f"{type(values).__name__}")
-            values = list(values)
-            for j, v in enumerate(values):
-                _check_scalar(f"filter[{field!r}]['$in'][{j}]", v)
-        elif isinstance(cond, (list, tuple)):
-            raise ValueError(f"filter[{field!r}] is a list: to match any of several values "
-                             f"write {{{field!r}: {{'$in': [...]}}}}")
-        else:
-            _check_scalar(f"filter[{field!r}]", cond)
-            values = [cond]
-        out.append((field, values))
-    return out
-
-
 def filter_sql(parsed: list[tuple[str, list]]) -> tuple[str, list[str]]:
     """A SQL condition on ``metadata`` and its parameters for a :func:`parse_filter` result.
 

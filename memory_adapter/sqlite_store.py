@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import sqlite3
 import threading
 import time
-from numbers import Real
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -34,6 +32,7 @@ import sqlite_utils
 from rerank import quantization
 from rerank.validation import as_float32, positive_int
 
+from .filters import parse_filter
 from .interfaces import Record
 
 __all__ = ["SQLiteStore", "SCHEMA_VERSION"]
@@ -70,17 +69,6 @@ def _as_ids(name: str, ids) -> list[str]:
         if not isinstance(x, str):
             raise TypeError(f"{name}[{i}] must be a string id; got {type(x).__name__} {x!r}")
     return out
-
-
-def _check_scalar(where: str, value) -> None:
-    if value is None or isinstance(value, (str, bool)):
-        return
-    if isinstance(value, Real):
-        if not math.isfinite(value):
-            raise ValueError(f"{where} must be finite; got {value!r}")
-        return
-    raise ValueError(f"{where} must be a string, number, boolean or null; got "
-                     f"{type(value).__name__} {value!r}")
 
 
 # A metadata field matches a candidate value when both have the same JSON type (integers and reals
@@ -514,42 +502,11 @@ class SQLiteStore:
         must all match. Field names are literal top-level metadata keys. Values are strings,
         numbers, booleans or null. Evaluated in SQL (``json_each``/``json_type``).
         """
-        if filter is None:
-            return None
-        if not isinstance(filter, dict):
-            raise ValueError("filter must be a dict such as {'field': value} or "
-                             f"{{'field': {{'$in': [...]}}}}; got {type(filter).__name__}")
-        if not filter:
+        parsed = parse_filter(filter)
+        if parsed is None:
             return None
         clauses, params = [], []
-        for field, cond in filter.items():
-            if not isinstance(field, str) or not field:
-                raise ValueError(f"filter field names must be non-empty strings; got {field!r}")
-            if field.startswith("$"):
-                raise ValueError(f"filter operator {field!r} is not supported at the top level: "
-                                 "filters are {'field': value} or {'field': {'$in': [...]}}, "
-                                 "several fields meaning AND")
-            if '"' in field:
-                raise ValueError(f"filter field {field!r} must not contain a double quote")
-            if isinstance(cond, dict):
-                ops = list(cond)
-                if ops != ["$in"]:
-                    unknown = [o for o in ops if o != "$in"] or ops
-                    raise ValueError(f"filter[{field!r}] uses unknown operator(s) {unknown!r}: the "
-                                     "only operator is '$in' ({'field': {'$in': [...]}}), alone")
-                values = cond["$in"]
-                if not isinstance(values, (list, tuple)):
-                    raise ValueError(f"filter[{field!r}]['$in'] must be a list of values; got "
-                                     f"{type(values).__name__}")
-                values = list(values)
-                for j, v in enumerate(values):
-                    _check_scalar(f"filter[{field!r}]['$in'][{j}]", v)
-            elif isinstance(cond, (list, tuple)):
-                raise ValueError(f"filter[{field!r}] is a list: to match any of several values "
-                                 f"write {{{field!r}: {{'$in': [...]}}}}")
-            else:
-                _check_scalar(f"filter[{field!r}]", cond)
-                values = [cond]
+        for field, values in parsed:
             if not values:
                 return set()
             path = f'$."{field}"'
