@@ -791,7 +791,8 @@ def batch(ctx, input_path, output_path, db, engine, top_k, chunk_size, threads, 
 @main.command()
 @click.option("--db", default=None, help=DB_HELP + " Created when missing.")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="The interface to bind: loopback by default (another needs an API key).")
+              help="The interface to bind: loopback by default (any other without an API key "
+                   "logs a warning: anyone who reaches the port can read and write).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="The TCP port (0: a free one, printed when listening).")
 @click.option("--api-key-env", default="RERANK_API_KEY", show_default=True, metavar="VAR",
