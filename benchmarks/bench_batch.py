@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
@@ -290,8 +291,8 @@ def markdown(rep: dict) -> str:
 
 def reexec_in_netns(argv) -> int:
     """Run this script again inside `unshare --net` with lo up; kill its process group after."""
-    cmd = " ".join(["ip link set lo up && exec", sys.executable, str(Path(__file__).resolve())]
-                   + [f"'{a}'" for a in argv])
+    cmd = "ip link set lo up && exec " + shlex.join(
+        [sys.executable, str(Path(__file__).resolve()), *argv])
     env = {**os.environ, INSIDE: "1", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen(["unshare", "--net", "sh", "-c", cmd], cwd=ROOT, env=env,

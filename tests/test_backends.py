@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import selectors
-import signal
 import socket
-import subprocess
-import sys
 import time
 import zlib
 
@@ -27,9 +22,10 @@ from memory_adapter.location import describe, redact_url
 from rerank import quantization, reference
 from rerank.cli import main
 
+from child_script import ChildScript
+
 D = 16
 MODEL = "backend-test-model"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -468,41 +464,11 @@ else:                             # write for ever; killed at some moment
 """
 
 
-class Child:
-    """The CHILD script in a subprocess, its stdout read line by line without blocking."""
+class Child(ChildScript):
+    """The CHILD script for ``scenario`` in a subprocess."""
 
     def __init__(self, db: str, scenario: str, point: int = 0):
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen([sys.executable, "-c", CHILD, db, scenario, str(point)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
-                                     cwd=ROOT, env=env, start_new_session=True)
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.proc.stdout, selectors.EVENT_READ)
-        self.buffer = b""
-
-    def line(self, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.kill()
-                pytest.fail(f"the child printed nothing within {timeout} s")
-            if self.selector.select(left):
-                data = os.read(self.proc.stdout.fileno(), 65536)
-                if not data:
-                    self.proc.wait()
-                    pytest.fail(f"the child exited ({self.proc.returncode}):\n"
-                                f"{self.proc.stderr.read().decode(errors='replace')}")
-                self.buffer += data
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return line.decode().strip()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self.proc.stdout.close()
-        self.proc.stderr.close()
+        super().__init__(CHILD, db, scenario, point)
 
 
 def check_store(db: str, expected: set[str]):

@@ -9,11 +9,8 @@ then starts batch 2 with a hook that prints where it is (``IN_TRANSACTION <rows 
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -22,13 +19,14 @@ import pytest
 from memory_adapter import UnifiedMemoryService
 from rerank.retrieval import HNSWIndex
 
+from child_script import ChildScript
+
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
 
 D = 16
 MODEL = "crash-test-model"
 N1 = N2 = 200
 N_UPDATED = 10   # batch 2 also changes the vectors of batch-1 documents b1-0 … b1-9
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = r"""
 import itertools, os, sys, time
@@ -95,44 +93,14 @@ def vecs(n: int, seed: int) -> np.ndarray:
 X1, X2 = vecs(N1, 1), vecs(N2 + N_UPDATED, 2)
 
 
-class Child:
-    def __init__(self, db: str, scenario: str, point: int = 0):
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen([sys.executable, "-c", CHILD, db, scenario, str(point)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
-                                     cwd=ROOT, env=env)
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.proc.stdout, selectors.EVENT_READ)
-        self.buffer = b""
+class Child(ChildScript):
+    """The CHILD script for ``scenario``, killed by SIGKILL."""
 
-    def expect(self, prefix: str, timeout: float = 60.0) -> str:
-        """The next stdout line, which must start with ``prefix`` (read unbuffered: a line the
-        child printed is never stuck in a buffer while we wait on the pipe)."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.kill()
-                pytest.fail(f"the child did not print {prefix!r} within {timeout} s")
-            if self.selector.select(left):
-                data = os.read(self.proc.stdout.fileno(), 65536)
-                if not data:
-                    self.proc.wait()
-                    pytest.fail(f"the child exited ({self.proc.returncode}) before {prefix!r}:\n"
-                                f"{self.proc.stderr.read().decode(errors='replace')}")
-                self.buffer += data
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        line = line.decode()
-        assert line.startswith(prefix), f"expected {prefix!r}, got {line!r}"
-        return line.strip()
+    def __init__(self, db: str, scenario: str, point: int = 0):
+        super().__init__(CHILD, db, scenario, point)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        assert self.proc.returncode == -signal.SIGKILL
-        self.proc.stdout.close()
-        self.proc.stderr.close()
+        assert super().kill() == -signal.SIGKILL
 
 
 def committed_count(db: str, pattern: str) -> int:
