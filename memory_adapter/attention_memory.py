@@ -113,6 +113,10 @@ class AttentionEnhancedMemory(UnifiedMemoryService):
         over stored token vectors rerank by late interaction (cross-attention), z-mixed with the
         vector scores; otherwise memory-attention reranks the pooled vectors — unless the hooks
         (run first; ``task`` consults the intelligence hooks) choose another mechanism."""
+        with self.filter_snapshot():
+            return self._retrieve(query, k, filter, task)
+
+    def _retrieve(self, query, k: int, filter, task) -> RankedResults:
         prepared = self.pipeline.prepare(
             query, k, task=task, filter=filter, source="memory",
             settings=AttentionSettings(overfetch=self.pipeline.overfetch,

@@ -28,8 +28,9 @@ import numpy as np
 from rerank.retrieval import SearchResult
 from rerank.validation import as_float32, positive_int
 
+from .filters import parse_filter
 from .postgres_store import (HNSW_INDEX, SPACE_OPERATORS, PostgresStore, _decode_vectors,
-                             filter_sql, parse_filter)
+                             filter_sql)
 
 __all__ = ["PgVectorSource", "NotEnoughCandidates"]
 

@@ -48,7 +48,7 @@ from .location import redact_url
 from .sqlite_store import TOKEN_DTYPES, SQLiteStore, _as_ids
 
 __all__ = ["PostgresStore", "StoreUnavailableError", "SCHEMA_VERSION", "SPACE_OPERATORS",
-           "describe", "parse_filter"]
+           "describe", "filter_sql"]
 
 log = logging.getLogger(__name__)
 

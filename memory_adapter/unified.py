@@ -17,7 +17,9 @@ Subclass hooks (used by :class:`memory_adapter.attention_memory.AttentionEnhance
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -129,6 +131,7 @@ class UnifiedMemoryService:
         self.autosave_seconds = float(autosave_seconds)
         self._saved_at = time.monotonic()
         self._lock = ReadWriteLock()          # searches: read; writes and repairs: write
+        self._local = threading.local()       # this thread's resolved filters (filter_snapshot)
         self._save_lock = threading.Lock()    # one index save at a time
         self._closed = False
         self._dirty = False                   # the index changed since it was last saved
@@ -504,8 +507,36 @@ class UnifiedMemoryService:
                 self.sync_index()
             n = self.candidate_source.count
         else:
-            n = len(self.document_store.resolve_filter(filter))
+            n = len(self._resolve_filter(filter))
         return n if at_most is None else min(n, at_most)
+
+    @contextlib.contextmanager
+    def filter_snapshot(self):
+        """Within the block, this thread resolves each metadata filter once: ``available`` and
+        ``search`` share the matching ids (one request, one set; the store's filter is a scan of
+        every document's metadata, ~14 ms at 3,000 documents). Nested blocks share the outer
+        one's."""
+        if getattr(self._local, "filters", None) is not None:
+            yield
+            return
+        self._local.filters = {}
+        try:
+            yield
+        finally:
+            self._local.filters = None
+
+    def _resolve_filter(self, filter):
+        """The store's ``resolve_filter(filter)``, once per :meth:`filter_snapshot` block."""
+        memo = getattr(self._local, "filters", None)
+        if memo is None or not filter:
+            return self.document_store.resolve_filter(filter)
+        try:
+            key = json.dumps(filter, sort_keys=True)
+        except (TypeError, ValueError):          # malformed: the store says why
+            return self.document_store.resolve_filter(filter)
+        if key not in memo:
+            memo[key] = self.document_store.resolve_filter(filter)
+        return memo[key]
 
     def search(self, query, k: int, filter: dict | None = None, *,
                documents: bool = True) -> list[dict]:
@@ -529,7 +560,7 @@ class UnifiedMemoryService:
             records = store.get(found.ids[0]) if documents else None
         else:
             with self._lock.read():
-                allowed = store.resolve_filter(filter)
+                allowed = self._resolve_filter(filter)
                 available = self.candidate_source.count if allowed is None else len(allowed)
                 if k > available:
                     what = "documents are stored" if allowed is None else \

@@ -307,11 +307,12 @@ class SearchAPI:
                             f'{{"$in": [...]}}}}; got {type(filter).__name__}')
         if filter:
             _json_value("filter", filter)
-        available = self.memory.available(filter or None)
-        if available == 0:
-            return _no_results(query)
-        ranked = self.memory.retrieve(q, min(k, available), filter=filter or None,
-                                      mechanism=mechanism)
+        with self.memory.filter_snapshot():     # the filter is resolved once per search
+            available = self.memory.available(filter or None)
+            if available == 0:
+                return _no_results(query)
+            ranked = self.memory.retrieve(q, min(k, available), filter=filter or None,
+                                          mechanism=mechanism)
         return search_document(query, ranked)
 
     # -------------------------------------------------------------- documents

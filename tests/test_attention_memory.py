@@ -115,3 +115,28 @@ def test_candidates_deleted_between_search_and_token_read_are_dropped(tmp_path, 
         cands, scores = mem.candidates(query, 6)
         assert list(cands.ids) == [i for i in first if i != first[2]]
         assert len(scores) == 5 and cands.token_offsets[-1] == 15
+
+
+def test_a_filtered_retrieve_resolves_the_filter_once(memory, rng, monkeypatch):
+    mem, _ = memory
+    store, calls = mem.document_store, []
+    resolve = type(store).resolve_filter
+
+    def counting(self, filter):
+        calls.append(filter)
+        return resolve(self, filter)
+
+    monkeypatch.setattr(type(store), "resolve_filter", counting)
+    q = f32(rng, 16)
+    res = mem.retrieve(q, 5, filter={"group": "even"})
+    assert len(calls) == 1 and all(r["metadata"]["group"] == "even" for r in res)
+    mem.retrieve(q, 5, filter={"group": "odd"})               # a new call resolves again
+    assert len(calls) == 2
+    with mem.filter_snapshot():                               # one block: one resolution
+        assert mem.available({"group": "odd"}) == 100
+        assert [h["corpus_id"] for h in mem.search(q, 3, filter={"group": "odd"})] == \
+            [r["corpus_id"] for r in mem.search(q, 3, filter={"group": "odd"})]
+    assert len(calls) == 3
+    with pytest.raises(ValueError, match="operator"):         # malformed filters still say why
+        with mem.filter_snapshot():
+            mem.available({"group": {"$gt": 1}})

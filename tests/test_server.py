@@ -442,6 +442,19 @@ def test_a_token_read_that_misses_a_candidate_is_retried(tmp_path, embedder, mon
         assert len(calls) == 2
 
 
+def test_a_filtered_search_resolves_the_filter_once(tmp_path, embedder, monkeypatch):
+    with open_api(tmp_path / "filter.db", embedder) as api:
+        api.store([{"id": str(i), "text": f"note {i} about boats", "metadata": {"odd": i % 2}}
+                   for i in range(6)])
+        store, calls = api.memory.document_store, []
+        resolve = type(store).resolve_filter
+        monkeypatch.setattr(type(store), "resolve_filter",
+                            lambda self, f: calls.append(f) or resolve(self, f))
+        body = api.search("boats", k=10, filter={"odd": 1})
+        assert sorted(r["corpus_id"] for r in body["results"]) == ["1", "3", "5"]
+        assert len(calls) == 1
+
+
 @pytest.mark.parametrize("field", ["max_k", "max_documents", "max_body_bytes"])
 def test_limits_must_be_positive(field):
     with pytest.raises(ValueError, match=field):
